@@ -1,0 +1,86 @@
+"""ylokh: stream chat completions from the Ylokh API or any OpenAI-compatible server.
+
+    for text in ylokh.stream("Hello"):                       # scripts, notebooks
+        print(text, end="", flush=True)
+    async for text in ylokh.astream(messages, model="m"):   # async services
+        ...
+
+Design: a sans-I/O core (``_config``, ``_errors``, ``_sse``, ``_protocol``, ``_retry``)
+builds requests and turns bytes into text; two thin faces move the bytes, ``requests``
+for blocking code (``_sync``) and ``aiohttp`` for asyncio (``_async``, imported only when
+an async API is first used). ``ylokh.testing`` is a local OpenAI-compatible server.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._api import acomplete, astream, complete, stream
+from ._base import Completion
+from ._config import Timeout
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    IncompleteStreamError,
+    InvalidRequestError,
+    NotFoundError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    YlokhError,
+)
+from ._sync import Client, Stream
+from ._version import __version__
+from .chat import Chat
+from .provider import Ylokh
+
+if TYPE_CHECKING:
+    from ._async import AsyncClient, AsyncStream
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AsyncStream",
+    "AuthenticationError",
+    "BadRequestError",
+    "Chat",
+    "Client",
+    "Completion",
+    "IncompleteStreamError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "ProtocolError",
+    "RateLimitError",
+    "ServerError",
+    "Stream",
+    "Timeout",
+    "Ylokh",
+    "YlokhError",
+    "__version__",
+    "acomplete",
+    "astream",
+    "complete",
+    "stream",
+]
+
+# Names whose modules import aiohttp (or IPython) are loaded on first use.
+_LAZY = {
+    "AsyncClient": "._async",
+    "AsyncStream": "._async",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ylokh' has no attribute {name!r}")
+    loaded = importlib.import_module(module, __name__)
+    return loaded if name == "notebook" else getattr(loaded, name)

@@ -1,0 +1,313 @@
+"""The asyncio face: :class:`AsyncClient` and its :class:`AsyncStream`, on ``aiohttp``.
+
+The twin of ``_sync``, by hand: the same attempt (send, head to the parser, first
+bytes), the same read loop (``readany``: each delta as soon as its bytes arrive), the
+same policy. This module is imported only when an async API is first used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+
+from ._base import BaseClient, BaseStream, Completion, deadline_of
+from ._config import Settings, redact_url
+from ._errors import (
+    APIConnectionError,
+    APITimeoutError,
+    InvalidRequestError,
+    ProtocolError,
+    YlokhError,
+    redact,
+)
+from ._protocol import Request, ResponseParser
+from ._retry import async_retrying, logger
+
+_Opened = tuple[aiohttp.ClientResponse, ResponseParser, list[str], bool]
+
+
+class AsyncClient(BaseClient):
+    """An asyncio client that pools connections (one ``aiohttp.ClientSession``, made
+    lazily inside the running event loop).
+
+        async with ylokh.AsyncClient(base_url="http://127.0.0.1:8080/v1") as client:
+            async for text in client.stream("Hello"):
+                print(text, end="", flush=True)
+
+    Takes the same arguments as :class:`ylokh.Client`.
+
+    Raises:
+        InvalidRequestError: a setting is invalid.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self._session: aiohttp.ClientSession | None = None
+        self._ssl: dict[object, ssl.SSLContext | bool] = {}
+        self._sleep: Callable[[float], Awaitable[None]] | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The ``aiohttp.ClientSession`` behind this client, made on first use."""
+        if self._session is None or self._session.closed:
+            connector = _connector(self.settings)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=False,  # proxies were resolved once, with the settings
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the pooled connections. The client can still be used afterwards."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def stream(
+        self, prompt_or_messages: object, *, model: str | None = None, **options: Any
+    ) -> AsyncStream:
+        """Stream an answer: ``async for`` over the returned :class:`AsyncStream`.
+
+        Arguments as :meth:`ylokh.Client.stream`.
+
+        Raises:
+            InvalidRequestError: bad input, before any network traffic.
+        """
+        settings, request = self._prepare(prompt_or_messages, model, True, options)
+        return AsyncStream(self, settings, request)
+
+    async def complete(
+        self, prompt_or_messages: object, *, model: str | None = None, **options: Any
+    ) -> Completion:
+        """The whole answer as one :class:`Completion` (a ``str``), sent with ``stream: false``.
+
+        Raises:
+            InvalidRequestError: bad input, before any network traffic.
+            APIError: as :meth:`stream`; the whole call is retried when that is safe.
+        """
+        settings, request = self._prepare(prompt_or_messages, model, False, options)
+        async with AsyncStream(self, settings, request) as stream:
+            async for _ in stream:
+                pass
+        return Completion.of(stream)
+
+    # -- the I/O path ----------------------------------------------------------------------
+    def _ssl_for(self, settings: Settings) -> ssl.SSLContext | bool:
+        verify = settings.verify
+        if verify is True:
+            return True
+        if verify is False:
+            return False
+        context = self._ssl.get(verify)
+        if context is None:
+            try:
+                context = self._ssl[verify] = ssl.create_default_context(cafile=verify)
+            except (OSError, ssl.SSLError) as exc:
+                raise InvalidRequestError(f"cannot load the CA bundle {verify!r}: {exc}") from None
+        return context
+
+    async def _attempt(
+        self, request: Request, settings: Settings, deadline: float | None
+    ) -> _Opened:
+        timeout = settings.timeout
+        total = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+        proxy, proxy_auth = _split_proxy(settings.proxy)
+        try:
+            response = await self.session.post(
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                timeout=aiohttp.ClientTimeout(
+                    total=total, sock_connect=timeout.connect, sock_read=timeout.read
+                ),
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+                ssl=self._ssl_for(settings),
+            )
+        except Exception as exc:
+            raise _map_error(exc, request, settings) from exc
+        parser = ResponseParser(request.secrets)
+        try:
+            parser.start(response.status, response.headers)
+            content = response.content
+            if parser.buffered:
+                limit = parser.body_limit + 1
+                body = bytearray()
+                while len(body) < limit:
+                    data = await content.readany()
+                    if not data:
+                        break
+                    body += data
+                parser.feed(bytes(body))
+                deltas = parser.close()
+                response.release()
+                return response, parser, deltas, True
+            first = await content.readany()
+            if not first:
+                deltas = parser.close()
+                response.release()
+                return response, parser, deltas, True
+            return response, parser, parser.feed(first), False
+        except YlokhError:
+            response.close()
+            raise
+        except BaseException as exc:
+            response.close()
+            if isinstance(exc, Exception):
+                raise _map_error(exc, request, settings) from exc
+            raise
+
+    async def _open(self, stream: AsyncStream) -> _Opened:
+        settings = stream._settings
+        deadline = deadline_of(settings)
+        policy = async_retrying(
+            settings.base_url, settings.max_retries, deadline, sleep=self._sleep
+        )
+        opened: _Opened = await policy(self._attempt, stream._request, settings, deadline)
+        stream._parser = opened[1]
+        return opened
+
+
+class AsyncStream(BaseStream):
+    """A streamed answer: ``async for`` it for text deltas (``str``).
+
+    Nothing is sent until the first iteration. Also an async context manager; leaving
+    the ``async with`` block, ``aclose()`` or an exception closes the HTTP response at
+    once. After the end, ``text``, ``finish_reason``, ``usage``, ``tool_calls`` and
+    ``reasoning`` hold the results.
+    """
+
+    def __init__(self, client: AsyncClient, settings: Settings, request: Request) -> None:
+        super().__init__(settings, request)
+        self._client = client
+        self._iterator = self._run()
+        self._response: aiohttp.ClientResponse | None = None
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterator
+
+    def __anext__(self) -> Awaitable[str]:
+        return self._iterator.__anext__()
+
+    async def __aenter__(self) -> AsyncStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop reading and close the HTTP response (idempotent)."""
+        await self._iterator.aclose()
+        if self._response is not None:
+            self._response.close()
+
+    def __del__(self) -> None:
+        # a loop left by `break` drops us without aclose(): close the socket right away
+        response = self._response
+        if response is not None and not response.closed:
+            response.close()
+
+    async def _run(self) -> AsyncGenerator[str, None]:
+        response, parser, deltas, ended = await self._client._open(self)
+        self._response = response
+        settings = self._settings
+        try:
+            for text in deltas:
+                yield text
+            if not ended:
+                readany = response.content.readany
+                while True:
+                    data = await readany()
+                    if not data:
+                        break
+                    for text in parser.feed(data):
+                        yield text
+                last = parser.close()
+                response.release()
+                for text in last:
+                    yield text
+            self._complete()
+        except YlokhError as exc:
+            error = parser.fail(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise parser.fail(_map_error(exc, self._request, settings)) from exc
+        finally:
+            response.close()
+            logger.debug(
+                "POST %s: %d, %d characters", self._request.url, parser.status, len(parser.text)
+            )
+
+
+def _connector(settings: Settings) -> aiohttp.BaseConnector:
+    proxy = settings.proxy or ""
+    if proxy.startswith("socks"):
+        try:
+            from aiohttp_socks import ProxyConnector
+        except ImportError:
+            raise InvalidRequestError(
+                "SOCKS proxies need the 'socks' extra: pip install 'ylokh[socks]'"
+            ) from None
+        connector: aiohttp.BaseConnector = ProxyConnector.from_url(proxy, limit=0)
+        return connector
+    return aiohttp.TCPConnector(limit=0)
+
+
+def _split_proxy(proxy: str | None) -> tuple[str | None, aiohttp.BasicAuth | None]:
+    """aiohttp wants proxy credentials apart from the URL; SOCKS goes in the connector."""
+    if not proxy or proxy.startswith("socks"):
+        return None, None
+    from yarl import URL
+
+    url = URL(proxy)
+    if url.user is None:
+        return proxy, None
+    auth = aiohttp.BasicAuth(url.user, url.password or "")
+    return str(url.with_user(None)), auth
+
+
+def _map_error(exc: BaseException, request: Request, settings: Settings) -> YlokhError:
+    """The ylokh error for an ``aiohttp``/asyncio/socket exception (secrets removed)."""
+    if isinstance(exc, YlokhError):
+        return exc
+    url = request.url
+    detail = redact(str(exc) or type(exc).__name__, request.secrets)
+    timeout = settings.timeout
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return APITimeoutError(
+            f"timed out connecting to {url} (connect timeout {timeout.connect} s)"
+        )
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return APITimeoutError(
+            f"the server at {url} sent nothing for {timeout.read} s (read timeout)"
+        )
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return APITimeoutError(f"the call to {url} ran past its total timeout ({timeout.total} s)")
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return APIConnectionError(f"TLS verification or handshake with {url} failed: {detail}")
+    if isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
+        proxy = redact_url(settings.proxy or "")
+        return APIConnectionError(f"the proxy {proxy} failed for {url}: {detail}")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return InvalidRequestError(f"invalid URL or proxy: {detail}")
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return ProtocolError(f"too many redirects from {url}")
+    if isinstance(exc, aiohttp.ClientResponseError) and not isinstance(
+        exc, aiohttp.ClientConnectionError
+    ):
+        return ProtocolError(f"the server at {url} sent an invalid response: {detail}")
+    return APIConnectionError(f"connection to {url} failed: {detail}")

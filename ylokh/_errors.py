@@ -1,0 +1,236 @@
+"""The exceptions ylokh raises, and the mapping of HTTP answers onto them.
+
+Every error derives from :class:`YlokhError`::
+
+    YlokhError
+    ├── InvalidRequestError (also ValueError)   bad input, raised before any traffic
+    ├── APIError                                 the server or the network failed us
+    │   ├── APIStatusError                       an error status, or an error object in the stream
+    │   │   ├── BadRequestError                  400, 422
+    │   │   ├── AuthenticationError              401, 403
+    │   │   ├── NotFoundError                    404
+    │   │   ├── RateLimitError                   429
+    │   │   └── ServerError                      5xx
+    │   ├── APIConnectionError                   could not connect, connection reset, TLS failure
+    │   │   └── APITimeoutError                  a connect, read or total timeout fired
+    │   └── ProtocolError                        the answer is not a valid stream or completion
+    └── IncompleteStreamError                    the stream broke after text was yielded (.partial)
+
+Messages quote what the server sent (shortened) and never contain a secret: every
+message passes through :func:`redact` with the secrets of the request that failed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "IncompleteStreamError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "ProtocolError",
+    "RateLimitError",
+    "ServerError",
+    "YlokhError",
+]
+
+QUOTE_LIMIT = 300  # characters of a server's answer quoted in a message
+
+
+class YlokhError(Exception):
+    """Base class of every error raised by ylokh."""
+
+
+class InvalidRequestError(YlokhError, ValueError):
+    """The arguments are invalid; raised before any network traffic."""
+
+
+class APIError(YlokhError):
+    """The server or the network did not give a usable answer."""
+
+
+class APIStatusError(APIError):
+    """The server answered with an error status, or sent an error object in the stream.
+
+    Attributes:
+        status_code: the HTTP status (for an in-stream error, the error's ``code`` when
+            it is a number, else 500).
+        message: the server's own error message.
+        body: the start of the body the server sent (redacted).
+        retry_after: seconds the server asked us to wait (``Retry-After``), or ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        body: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{status_code} {_reason(status_code)}: {message}")
+        self.status_code = status_code
+        self.message = message
+        self.body = body
+        self.retry_after = retry_after
+
+
+class BadRequestError(APIStatusError):
+    """400 or 422: the server rejected the request."""
+
+
+class AuthenticationError(APIStatusError):
+    """401 or 403: the API key is missing, wrong, or not allowed."""
+
+
+class NotFoundError(APIStatusError):
+    """404: wrong base URL, or an unknown model."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests; retried with the server's ``Retry-After``."""
+
+
+class ServerError(APIStatusError):
+    """5xx: the server failed."""
+
+
+class APIConnectionError(APIError):
+    """Could not connect, the connection was reset, or TLS verification failed."""
+
+
+class APITimeoutError(APIConnectionError):
+    """A connect, read or total timeout fired."""
+
+
+class ProtocolError(APIError):
+    """The server's answer is not a valid stream or completion; the message quotes it."""
+
+
+class IncompleteStreamError(YlokhError):
+    """The stream broke or ended early after text had reached the caller.
+
+    ``partial`` holds all the text received; the underlying error is ``__cause__``.
+    It is never retried, since a retry would repeat text the caller already has.
+    """
+
+    def __init__(self, message: str, partial: str = "") -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    422: BadRequestError,
+    429: RateLimitError,
+}
+
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    409: "Conflict",
+    422: "Unprocessable Entity",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def _reason(status: int) -> str:
+    return _REASONS.get(status, "Error")
+
+
+def status_error_class(status: int) -> type[APIStatusError]:
+    """The exception class for an HTTP error status."""
+    if status >= 500:
+        return ServerError
+    return _STATUS_CLASSES.get(status, APIStatusError)
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret (API key, proxy password) in ``text`` with ``***``."""
+    for secret in secrets:
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
+
+
+def quote(data: bytes | str, limit: int = QUOTE_LIMIT) -> str:
+    """A short, printable quotation of what a server sent."""
+    if isinstance(data, bytes):
+        data = data[: limit * 4].decode("utf-8", "replace")
+    data = data.strip()
+    if len(data) > limit:
+        data = data[:limit] + "..."
+    return repr(data)
+
+
+def error_message(body: bytes | str) -> str:
+    """The server's own error message, whatever the shape of its error body.
+
+    Understands ``{"error": {"message": ...}}``, ``{"error": "..."}``, ``{"message": ...}``,
+    ``{"detail": ...}`` (FastAPI, also as a list of problems) and plain text or HTML.
+    """
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        obj = None
+    found = _find_message(obj)
+    if found:
+        return found
+    text = text.strip()
+    if not text:
+        return "(empty body)"
+    return quote(text)[1:-1] if len(text) > QUOTE_LIMIT else text
+
+
+def _find_message(obj: object) -> str | None:
+    if isinstance(obj, str):
+        return obj or None
+    if isinstance(obj, list):
+        parts = [m for m in (_find_message(item) for item in obj) if m]
+        return "; ".join(parts) or None
+    if not isinstance(obj, Mapping):
+        return None
+    for key in ("error", "message", "detail", "msg"):
+        if key in obj:
+            found = _find_message(obj[key])
+            if found:
+                return found
+    return None
+
+
+def status_error(
+    status: int,
+    body: bytes | str,
+    *,
+    secrets: Iterable[str] = (),
+    retry_after: float | None = None,
+) -> APIStatusError:
+    """Build the right :class:`APIStatusError` subclass for an HTTP error answer."""
+    secrets = tuple(secrets)
+    message = redact(error_message(body), secrets)
+    raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    cls = status_error_class(status)
+    return cls(
+        message,
+        status_code=status,
+        body=redact(raw[: QUOTE_LIMIT * 4], secrets),
+        retry_after=retry_after,
+    )

@@ -1,0 +1,122 @@
+"""The one retry policy, shared by both faces: pure decisions plus tenacity builders.
+
+Strategy: an attempt covers sending the request, accepting the response head and
+reading the first bytes of the body (or the whole body when it is only useful whole).
+Whatever fails inside an attempt is a ylokh error already; this module decides from the
+error alone whether another attempt is safe and how long to wait. Once an attempt has
+returned, text may reach the caller, and nothing is retried after that.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import tenacity
+
+from ._errors import APIConnectionError, APIStatusError, YlokhError
+
+logger = logging.getLogger("ylokh")
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+FIRST_WAIT = 0.5
+MAX_WAIT = 8.0
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether a failed attempt may be tried again: connection failures, timeouts and
+    the statuses 408, 409, 429, 500, 502, 503, 504. Nothing else."""
+    if isinstance(error, APIStatusError):
+        return error.status_code in RETRY_STATUSES and not hasattr(error, "partial")
+    return isinstance(error, APIConnectionError)
+
+
+def backoff(attempt: int, error: BaseException | None, rand: Callable[[], float]) -> float:
+    """Seconds to wait before attempt ``attempt + 1``: the server's ``Retry-After`` when
+    it sent one (already capped), else exponential back-off with full jitter."""
+    if isinstance(error, APIStatusError) and error.retry_after is not None:
+        return error.retry_after
+    return rand() * min(MAX_WAIT, FIRST_WAIT * 2.0 ** (attempt - 1))
+
+
+class _Wait(tenacity.wait.wait_base):
+    def __init__(self, rand: Callable[[], float]) -> None:
+        self.rand = rand
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        return backoff(retry_state.attempt_number, error, self.rand)
+
+
+class _StopAtDeadline(tenacity.stop.stop_base):
+    """Stop when the next wait would end past the total deadline."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        if self.deadline is None:
+            return False
+        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.deadline
+
+
+def _log_retry(url: str, max_attempts: int) -> Callable[[tenacity.RetryCallState], None]:
+    def log(retry_state: tenacity.RetryCallState) -> None:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        logger.warning(
+            "retrying POST %s in %.2f s (attempt %d of %d) after: %s",
+            url,
+            retry_state.upcoming_sleep,
+            retry_state.attempt_number + 1,
+            max_attempts,
+            error,
+        )
+
+    return log
+
+
+def _policy(
+    url: str, max_retries: int, deadline: float | None, rand: Callable[[], float]
+) -> dict[str, Any]:
+    attempts = max_retries + 1
+    return {
+        "stop": tenacity.stop_after_attempt(attempts) | _StopAtDeadline(deadline),
+        "wait": _Wait(rand),
+        "retry": tenacity.retry_if_exception(is_retryable),
+        "before_sleep": _log_retry(url, attempts),
+        "reraise": True,
+    }
+
+
+def retrying(
+    url: str,
+    max_retries: int,
+    deadline: float | None,
+    *,
+    sleep: Callable[[float], None] | None = None,
+    rand: Callable[[], float] = random.random,
+) -> tenacity.Retrying:
+    """The policy for blocking code; ``sleep`` may be injected (tests record waits)."""
+    return tenacity.Retrying(sleep=sleep or time.sleep, **_policy(url, max_retries, deadline, rand))
+
+
+def async_retrying(
+    url: str,
+    max_retries: int,
+    deadline: float | None,
+    *,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+    rand: Callable[[], float] = random.random,
+) -> tenacity.AsyncRetrying:
+    """The same policy for asyncio code."""
+    if sleep is None:
+        return tenacity.AsyncRetrying(**_policy(url, max_retries, deadline, rand))
+    return tenacity.AsyncRetrying(sleep=sleep, **_policy(url, max_retries, deadline, rand))
+
+
+__all__ = ["RETRY_STATUSES", "YlokhError", "async_retrying", "backoff", "is_retryable", "retrying"]

@@ -1,0 +1,119 @@
+"""Server-sent events: bytes in, events out, following the WHATWG event-stream rules.
+
+Strategy: lines are split on bytes, never on decoded text, so a UTF-8 character cut
+between two reads is never broken; data stays bytes (JSON parsers take bytes). Line
+ends may be LF, CR or CRLF, even with the CR and LF in different reads. The unfinished
+line is bounded by ``max_line_size``: a peer can never make us hold unbounded memory.
+The common case, ``data: ...`` lines in LF-only streams, takes the fewest steps.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ._errors import ProtocolError, quote
+
+DEFAULT_MAX_LINE_SIZE = 1 << 20  # 1 MiB
+_BOM = b"\xef\xbb\xbf"
+
+
+class Event(NamedTuple):
+    """One server-sent event: its ``data`` (bytes, lines joined by ``\\n``), its type
+    (``event:``, ``""`` when absent), the last event ``id`` and the ``retry`` hint."""
+
+    data: bytes
+    event: str = ""
+    id: str = ""
+    retry: int | None = None
+
+
+class SSEDecoder:
+    """An incremental event-stream decoder: ``feed(bytes)`` returns the events completed.
+
+    ``close()`` returns what an unterminated stream left pending (the WHATWG rules drop
+    it; we hand it over so the caller can tell a clean end from a cut one).
+
+    Raises:
+        ProtocolError: a line is longer than ``max_line_size``.
+    """
+
+    __slots__ = ("_buf", "_cr", "_data", "_event", "_id", "_retry", "_started", "max_line_size")
+
+    def __init__(self, max_line_size: int = DEFAULT_MAX_LINE_SIZE) -> None:
+        self.max_line_size = max_line_size
+        self._buf = b""  # the unfinished last line
+        self._cr = False  # the last read ended with CR: a LF opening the next one is not a line
+        self._data: list[bytes] = []
+        self._event = ""
+        self._id = ""
+        self._retry: int | None = None
+        self._started = False
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        """Take the next bytes of the stream; return the events they complete."""
+        if self._cr:
+            self._cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        if b"\r" in chunk:
+            self._cr = chunk[-1:] == b"\r"
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buf = self._buf + chunk if self._buf else chunk
+        if not self._started:
+            if len(buf) < 3 and _BOM.startswith(buf):
+                self._buf = buf
+                return []
+            self._started = True
+            if buf.startswith(_BOM):
+                buf = buf[3:]
+        lines = buf.split(b"\n")
+        self._buf = lines.pop()
+        if len(buf) > self.max_line_size:
+            self._check_sizes(lines)
+        return self._lines(lines)
+
+    def close(self) -> list[Event]:
+        """End of stream: the event still pending, if any (unterminated)."""
+        lines = [self._buf, b""] if self._buf else [b""]
+        self._buf = b""
+        return self._lines(lines)
+
+    def _check_sizes(self, lines: list[bytes]) -> None:
+        for line in [*lines, self._buf]:
+            if len(line) > self.max_line_size:
+                raise ProtocolError(
+                    f"the server sent a line longer than {self.max_line_size} bytes, "
+                    f"starting {quote(line[:80])}"
+                )
+
+    def _lines(self, lines: list[bytes]) -> list[Event]:
+        events: list[Event] = []
+        data = self._data
+        for line in lines:
+            if line[:6] == b"data: ":
+                data.append(line[6:])
+            elif not line:  # a blank line dispatches the event
+                if data:
+                    payload = data[0] if len(data) == 1 else b"\n".join(data)
+                    events.append(Event(payload, self._event, self._id, self._retry))
+                    data = self._data = []
+                self._event = ""
+            elif line[0] == 0x3A:  # ":" starts a comment (keep-alive pings)
+                continue
+            else:
+                self._field(line, data)
+        return events
+
+    def _field(self, line: bytes, data: list[bytes]) -> None:
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            data.append(value)
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id" and b"\0" not in value:
+            self._id = value.decode("utf-8", "replace")
+        elif name == b"retry" and value.isdigit():
+            self._retry = int(value)
+        # any other field is ignored, as the spec says

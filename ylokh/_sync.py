@@ -1,0 +1,293 @@
+"""The blocking face: :class:`Client` and its :class:`Stream`, on ``requests``.
+
+Strategy: this module only moves bytes. An attempt (retried by the shared policy)
+sends the request, gives the head to the core's parser and reads the first bytes of the
+body; then the stream reads whatever the socket has (``read1``: each delta reaches the
+caller as soon as its bytes arrive, whatever the body framing) and feeds it to the
+parser. ``requests``/``urllib3`` exceptions become ylokh errors here, once.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import weakref
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+import requests
+import urllib3.exceptions
+
+from ._base import BaseClient, BaseStream, Completion, deadline_of
+from ._config import Settings, redact_url
+from ._errors import (
+    APIConnectionError,
+    APITimeoutError,
+    InvalidRequestError,
+    ProtocolError,
+    YlokhError,
+    redact,
+)
+from ._protocol import Request, ResponseParser
+from ._retry import logger, retrying
+
+READ_SIZE = 1 << 16
+_Opened = tuple[requests.Response, ResponseParser, list[str], bool]
+
+
+class Client(BaseClient):
+    """A blocking client that pools connections (one ``requests.Session``).
+
+        with ylokh.Client(base_url="http://127.0.0.1:8080/v1") as client:
+            for text in client.stream("Hello"):
+                print(text, end="", flush=True)
+
+    Arguments (each falls back to its ``YLOKH_*`` variable, then to the default):
+    ``base_url``, ``api_key``, ``timeout`` (seconds of read timeout or a
+    :class:`ylokh.Timeout`), ``max_retries``, ``proxy``, ``headers``, ``verify`` (``False``
+    or the path of a CA bundle), ``model``.
+
+    Raises:
+        InvalidRequestError: a setting is invalid.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self._session: requests.Session | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._sleep: Callable[[float], None] = time.sleep
+
+    @property
+    def session(self) -> requests.Session:
+        """The ``requests.Session`` behind this client, made on first use."""
+        if self._session is None:
+            session = requests.Session()
+            session.trust_env = False  # proxies were resolved once, with the settings
+            self._session = session
+            self._finalizer = weakref.finalize(self, session.close)
+        return self._session
+
+    def close(self) -> None:
+        """Close the pooled connections. The client can still be used afterwards."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._session = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def stream(
+        self, prompt_or_messages: object, *, model: str | None = None, **options: Any
+    ) -> Stream:
+        """Stream an answer: iterate the returned :class:`Stream` for text deltas.
+
+        ``prompt_or_messages`` is a str (one user message) or a list of
+        ``{"role", "content"}`` dicts. Setting names (``base_url``, ``timeout``...) apply
+        to this call; every other keyword goes into the JSON payload (``None`` is left out).
+
+        Raises:
+            InvalidRequestError: bad input, before any network traffic.
+        """
+        settings, request = self._prepare(prompt_or_messages, model, True, options)
+        return Stream(self, settings, request)
+
+    def complete(
+        self, prompt_or_messages: object, *, model: str | None = None, **options: Any
+    ) -> Completion:
+        """The whole answer as one :class:`Completion` (a ``str``), sent with ``stream: false``.
+
+        Raises:
+            InvalidRequestError: bad input, before any network traffic.
+            APIError: as :meth:`stream`; the whole call is retried when that is safe.
+        """
+        settings, request = self._prepare(prompt_or_messages, model, False, options)
+        with Stream(self, settings, request) as stream:
+            for _ in stream:
+                pass
+        return Completion.of(stream)
+
+    # -- the I/O path ----------------------------------------------------------------------
+    def _attempt(self, request: Request, settings: Settings, deadline: float | None) -> _Opened:
+        timeout = settings.timeout
+        read = _remaining(timeout.read, deadline)
+        proxy = settings.proxy
+        try:
+            response = self.session.post(
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                stream=True,
+                timeout=(_remaining(timeout.connect, deadline), read),
+                proxies={"http": proxy, "https": proxy} if proxy else None,
+                verify=settings.verify,
+            )
+        except Exception as exc:
+            raise _map_error(exc, request, settings) from exc
+        parser = ResponseParser(request.secrets)
+        try:
+            parser.start(response.status_code, response.headers)
+            raw = response.raw
+            if parser.buffered:
+                parser.feed(raw.read(parser.body_limit + 1, decode_content=True))
+                deltas = parser.close()
+                _release(response)
+                return response, parser, deltas, True
+            first = raw.read1(READ_SIZE, decode_content=True)
+            if not first:
+                deltas = parser.close()
+                _release(response)
+                return response, parser, deltas, True
+            return response, parser, parser.feed(first), False
+        except YlokhError:
+            response.close()
+            raise
+        except Exception as exc:
+            response.close()
+            raise _map_error(exc, request, settings) from exc
+
+    def _open(self, stream: Stream) -> _Opened:
+        settings = stream._settings
+        deadline = deadline_of(settings)
+        policy = retrying(settings.base_url, settings.max_retries, deadline, sleep=self._sleep)
+        opened: _Opened = policy(self._attempt, stream._request, settings, deadline)
+        stream._parser = opened[1]
+        return opened
+
+
+class Stream(BaseStream):
+    """A streamed answer: iterate it for text deltas (``str``).
+
+    Nothing is sent until the first iteration. Also a context manager; leaving the loop
+    early, ``close()`` or an exception closes the HTTP response at once. After the end,
+    ``text``, ``finish_reason``, ``usage``, ``tool_calls`` and ``reasoning`` hold the results.
+    """
+
+    def __init__(self, client: Client, settings: Settings, request: Request) -> None:
+        super().__init__(settings, request)
+        self._client = client
+        self._iterator = self._run()
+        self._response: requests.Response | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self._iterator
+
+    def __next__(self) -> str:
+        return next(self._iterator)
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop reading and close the HTTP response (idempotent)."""
+        self._iterator.close()
+
+    def _run(self) -> Generator[str, None, None]:
+        response, parser, deltas, ended = self._client._open(self)
+        self._response = response
+        settings = self._settings
+        try:
+            yield from deltas
+            if not ended:
+                raw = response.raw
+                read1 = raw.read1
+                deadline = deadline_of(settings) if settings.timeout.total else None
+                while True:
+                    if deadline is not None:
+                        _bound_read(raw, deadline, settings.timeout.read)
+                    data = read1(READ_SIZE, decode_content=True)
+                    if not data:
+                        break
+                    yield from parser.feed(data)
+                last = parser.close()
+                _release(response)
+                yield from last
+            self._complete()
+        except YlokhError as exc:
+            error = parser.fail(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        except (OSError, urllib3.exceptions.HTTPError, requests.RequestException) as exc:
+            raise parser.fail(_map_error(exc, self._request, settings)) from exc
+        finally:
+            response.close()
+            logger.debug(
+                "POST %s: %d, %d characters", self._request.url, parser.status, len(parser.text)
+            )
+
+
+def _remaining(limit: float | None, deadline: float | None) -> float | None:
+    if deadline is None:
+        return limit
+    left = max(deadline - time.monotonic(), 0.001)
+    return left if limit is None else min(limit, left)
+
+
+def _bound_read(raw: urllib3.BaseHTTPResponse, deadline: float, read: float | None) -> None:
+    """Shorten the socket timeout so the next read cannot run past the total deadline."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise APITimeoutError("the total timeout expired while reading the stream")
+    if read is None or left < read:
+        sock = getattr(raw.connection, "sock", None)
+        if isinstance(sock, socket.socket):
+            sock.settimeout(left)
+
+
+def _release(response: requests.Response) -> None:
+    """Give a fully read connection back to the pool."""
+    response.raw.release_conn()
+
+
+def _map_error(exc: BaseException, request: Request, settings: Settings) -> YlokhError:
+    """The ylokh error for a ``requests``/``urllib3``/socket exception (secrets removed)."""
+    if isinstance(exc, YlokhError):
+        return exc
+    url = request.url
+    detail = redact(_describe(exc), request.secrets)
+    timeout = settings.timeout
+    if isinstance(exc, requests.ConnectTimeout):
+        return APITimeoutError(
+            f"timed out connecting to {url} (connect timeout {timeout.connect} s)"
+        )
+    if isinstance(
+        exc, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, socket.timeout)
+    ) or _is_read_timeout(exc):
+        return APITimeoutError(
+            f"the server at {url} sent nothing for {timeout.read} s (read timeout)"
+        )
+    if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
+        return APIConnectionError(f"TLS verification or handshake with {url} failed: {detail}")
+    if isinstance(exc, requests.exceptions.ProxyError):
+        proxy = redact_url(settings.proxy or "")
+        return APIConnectionError(f"the proxy {proxy} failed for {url}: {detail}")
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
+        return InvalidRequestError(f"invalid URL or proxy: {detail}")
+    if isinstance(exc, (urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError)):
+        return ProtocolError(f"the server at {url} sent a body that cannot be decoded: {detail}")
+    if isinstance(exc, requests.TooManyRedirects):
+        return ProtocolError(f"too many redirects from {url}")
+    return APIConnectionError(f"connection to {url} failed: {detail}")
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    inner = exc.args[0] if exc.args else None
+    return isinstance(inner, urllib3.exceptions.ReadTimeoutError)
+
+
+def _describe(exc: BaseException) -> str:
+    # urllib3 nests the useful part (e.g. "Connection refused") several wrappers deep
+    inner: BaseException | None = exc
+    while inner is not None:
+        reason = getattr(inner, "reason", None)
+        if isinstance(reason, BaseException):
+            inner = reason
+            continue
+        break
+    return str(inner or exc) or type(exc).__name__

@@ -1,0 +1,187 @@
+"""Conversations: :class:`Chat` keeps the message history across turns."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from ._base import BaseClient, BaseStream, Completion
+from ._errors import InvalidRequestError
+from ._protocol import validate_messages
+from ._sync import Client, Stream
+
+if TYPE_CHECKING:
+    from ._async import AsyncClient, AsyncStream
+
+
+class Chat:
+    """A conversation that keeps its history.
+
+        chat = ylokh.Chat(system="Be brief.", model="m", temperature=0)
+        for text in chat.stream("Hello"):
+            print(text, end="")
+        chat.complete("And then?")          # the history holds both turns
+        chat.messages                       # [{"role": "system", ...}, {"role": "user", ...}, ...]
+
+    A turn (the user message and the whole answer) is appended only once the answer has
+    streamed completely: a turn that failed or was abandoned leaves the history as it was.
+
+    Arguments:
+        system: the system prompt, kept first (and kept when old turns are dropped).
+        client: a :class:`ylokh.Client` or :class:`ylokh.AsyncClient` supplying the
+            connection settings; by default the module-level default clients.
+        max_turns: keep at most this many past turns (user + answer), dropping the oldest.
+        **options: options for every turn (``model``, ``temperature``, ``timeout``...);
+            options given to one call override them for that call.
+    """
+
+    def __init__(
+        self,
+        system: str | None = None,
+        client: BaseClient | None = None,
+        *,
+        max_turns: int | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        **options: Any,
+    ) -> None:
+        if system is not None and (not isinstance(system, str) or not system):
+            raise InvalidRequestError("system must be a non-empty str")
+        if max_turns is not None and (not isinstance(max_turns, int) or max_turns < 1):
+            raise InvalidRequestError("max_turns must be a positive whole number")
+        self.client = client
+        self.options = options
+        self.max_turns = max_turns
+        self._messages: list[dict[str, Any]] = []
+        if system is not None:
+            self._messages.append({"role": "system", "content": system})
+        if messages:
+            self._messages.extend(validate_messages(messages))
+        self._twin: BaseClient | None = None
+
+    def __repr__(self) -> str:
+        return f"Chat({len(self._messages)} messages)"
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The history: the system prompt, then user and assistant messages."""
+        return self._messages
+
+    @property
+    def system(self) -> str | None:
+        """The system prompt, if any."""
+        first = self._messages[0] if self._messages else None
+        return first["content"] if first and first["role"] == "system" else None
+
+    @system.setter
+    def system(self, text: str | None) -> None:
+        if self.system is not None:
+            del self._messages[0]
+        if text:
+            self._messages.insert(0, {"role": "system", "content": text})
+
+    def reset(self) -> None:
+        """Forget every turn; keep the system prompt."""
+        system = self.system
+        self._messages.clear()
+        self.system = system
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the history to ``path`` as JSON."""
+        with open(path, "w", encoding="utf-8") as file:
+            json.dump(self._messages, file, ensure_ascii=False, indent=2)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], client: BaseClient | None = None, **options: Any
+    ) -> Chat:
+        """A chat that goes on from a history written by :meth:`save`.
+
+        Raises:
+            InvalidRequestError: the file does not hold a list of messages.
+        """
+        with open(path, encoding="utf-8") as file:
+            try:
+                messages = json.load(file)
+            except ValueError as exc:
+                raise InvalidRequestError(f"{path} is not a saved chat: {exc}") from None
+        return cls(client=client, messages=messages, **options)
+
+    # -- turns -----------------------------------------------------------------------------
+    def _turn(
+        self, prompt: str, options: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidRequestError("the prompt must be a non-empty str")
+        user = {"role": "user", "content": prompt}
+        return [*self._messages, user], {**self.options, **options}
+
+    def _recorder(self, prompt: str) -> Any:
+        def record(stream: BaseStream) -> None:
+            answer: dict[str, Any] = {"role": "assistant", "content": stream.text}
+            if stream.tool_calls:
+                answer["tool_calls"] = stream.tool_calls
+            self._messages += [{"role": "user", "content": prompt}, answer]
+            self._trim()
+
+        return record
+
+    def _trim(self) -> None:
+        if self.max_turns is None:
+            return
+        head = 1 if self.system is not None else 0
+        turns = self._messages[head:]
+        starts = [i for i, m in enumerate(turns) if m["role"] == "user"]
+        if len(starts) > self.max_turns:
+            del self._messages[head : head + starts[-self.max_turns]]
+
+    def _sync_client(self) -> Client:
+        from ._api import _default_client
+
+        if self.client is None:
+            return _default_client()
+        if isinstance(self.client, Client):
+            return self.client
+        if not isinstance(self._twin, Client):
+            self._twin = Client(**self.client._args, model=self.client.model)
+        return self._twin
+
+    def _async_client(self) -> AsyncClient:
+        from ._api import _default_async_client
+        from ._async import AsyncClient
+
+        if self.client is None:
+            return _default_async_client()
+        if isinstance(self.client, AsyncClient):
+            return self.client
+        if not isinstance(self._twin, AsyncClient):
+            self._twin = AsyncClient(**self.client._args, model=self.client.model)
+        return self._twin
+
+    def stream(self, prompt: str, **options: Any) -> Stream:
+        """Send ``prompt`` with the history; iterate the result for text deltas."""
+        messages, merged = self._turn(prompt, options)
+        stream = self._sync_client().stream(messages, **merged)
+        stream._on_complete.append(self._recorder(prompt))
+        return stream
+
+    def complete(self, prompt: str, **options: Any) -> Completion:
+        """Send ``prompt`` with the history; return the whole answer."""
+        with self.stream(prompt, **options) as stream:
+            for _ in stream:
+                pass
+        return Completion.of(stream)
+
+    def astream(self, prompt: str, **options: Any) -> AsyncStream:
+        """Send ``prompt`` with the history; ``async for`` the result for text deltas."""
+        messages, merged = self._turn(prompt, options)
+        stream = self._async_client().stream(messages, **merged)
+        stream._on_complete.append(self._recorder(prompt))
+        return stream
+
+    async def acomplete(self, prompt: str, **options: Any) -> Completion:
+        """Send ``prompt`` with the history; return the whole answer (async)."""
+        async with self.astream(prompt, **options) as stream:
+            async for _ in stream:
+                pass
+        return Completion.of(stream)

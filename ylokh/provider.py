@@ -1,0 +1,127 @@
+"""The seed-compatible provider: ``ylokh.Ylokh``, with the surface of gpt4free's ``Ylokh``.
+
+    generator = await Ylokh.create_async_generator("gpt-3.5-turbo", messages)
+    async for text in generator:
+        print(text, end="")
+
+The seed's payload defaults (``temperature=1`` ...) are sent, ``**kwargs`` override them,
+and ``Origin``/``Referer`` name :attr:`Ylokh.url`. Setting names among the kwargs
+(``base_url``, ``api_key``, ``max_retries``, ``headers``...) configure the connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Generator, Iterator
+from typing import Any
+
+from ._base import SETTING_NAMES
+from ._protocol import SEED_DEFAULTS, SEED_URL
+
+__all__ = ["Ylokh"]
+
+
+def _payload(kwargs: dict[str, Any]) -> dict[str, Any]:
+    options = dict(SEED_DEFAULTS)
+    options.update(kwargs)
+    headers = {"Origin": SEED_URL, "Referer": SEED_URL + "/"}
+    headers.update(options.pop("headers", None) or {})
+    options["headers"] = headers
+    return options
+
+
+class _AsyncResult:
+    """What ``create_async_generator`` returns: iterate it directly with ``async for``,
+    or ``await`` it first (the seed's own example does) to get the iterator."""
+
+    def __init__(self, iterator: AsyncIterator[str]) -> None:
+        self._iterator = iterator
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterator
+
+    async def __anext__(self) -> str:
+        return await self._iterator.__anext__()
+
+    def __await__(self) -> Generator[Any, None, AsyncIterator[str]]:
+        async def itself() -> AsyncIterator[str]:
+            return self._iterator
+
+        return itself().__await__()
+
+
+class Ylokh:
+    """The Ylokh provider, as the seed (gpt4free's ``AsyncGeneratorProvider``) had it."""
+
+    url = SEED_URL
+    working = True
+    supports_message_history = True
+    supports_gpt_35_turbo = True
+
+    @classmethod
+    def create_async_generator(
+        cls,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: bool = True,
+        proxy: str | None = None,
+        timeout: float = 120,
+        **kwargs: Any,
+    ) -> _AsyncResult:
+        """Stream the answer's text (``stream=True``) or yield the whole answer once.
+
+        Raises:
+            InvalidRequestError: bad messages, before any traffic.
+        """
+        from ._api import _default_async_client
+
+        options = _payload(kwargs)
+
+        async def generate() -> AsyncIterator[str]:
+            client = _default_async_client()
+            if stream:
+                async with client.stream(
+                    messages, model=model, proxy=proxy, timeout=timeout, **options
+                ) as answer:
+                    async for text in answer:
+                        yield text
+            else:
+                yield await client.complete(
+                    messages, model=model, proxy=proxy, timeout=timeout, **options
+                )
+
+        # validate now, so bad input fails before any traffic and before iteration
+        from ._protocol import validate_messages
+
+        validate_messages(messages)
+        return _AsyncResult(generate())
+
+    @classmethod
+    def create_completion(
+        cls,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: bool = True,
+        proxy: str | None = None,
+        timeout: float = 120,
+        **kwargs: Any,
+    ) -> Iterator[str]:
+        """The blocking twin of :meth:`create_async_generator`: yields the same text."""
+        from ._api import _default_client
+        from ._protocol import validate_messages
+
+        validate_messages(messages)
+        options = _payload(kwargs)
+        client = _default_client()
+        if not stream:
+            return iter(
+                [client.complete(messages, model=model, proxy=proxy, timeout=timeout, **options)]
+            )
+        return iter(client.stream(messages, model=model, proxy=proxy, timeout=timeout, **options))
+
+    @classmethod
+    def params(cls) -> str:
+        """The supported parameters, as gpt4free providers describe them."""
+        names = ", ".join(
+            f"{name}: ..." for name in ("model", "messages", "stream", "proxy", "timeout")
+        )
+        return f"ylokh.Ylokh supports: ({names}, **kwargs); settings: {sorted(SETTING_NAMES)}"

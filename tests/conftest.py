@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +60,16 @@ class Face:
     def client(self, **settings: Any) -> Any:
         raise NotImplementedError
 
-    def stream(self, prompt: Any, *, client: Any = None, **options: Any) -> Outcome:
+    def stream(
+        self,
+        prompt: Any,
+        *,
+        client: Any = None,
+        stop_after: int | None = None,
+        on_delta: Callable[[str], None] | None = None,
+        **options: Any,
+    ) -> Outcome:
+        """Iterate a stream to its end (or ``stop_after`` deltas); errors are caught."""
         raise NotImplementedError
 
     def complete(self, prompt: Any, *, client: Any = None, **options: Any) -> Outcome:
@@ -79,13 +88,21 @@ class SyncFace(Face):
         return client
 
     def stream(
-        self, prompt: Any, *, client: Any = None, stop_after: int | None = None, **options: Any
+        self,
+        prompt: Any,
+        *,
+        client: Any = None,
+        stop_after: int | None = None,
+        on_delta: Callable[[str], None] | None = None,
+        **options: Any,
     ) -> Outcome:
         out = Outcome()
         out.stream = (client or ylokh).stream(prompt, **options)
         try:
             with out.stream as stream:
                 for text in stream:
+                    if on_delta:
+                        on_delta(text)
                     out.deltas.append(text)
                     if stop_after is not None and len(out.deltas) >= stop_after:
                         break
@@ -122,7 +139,13 @@ class AsyncFace(Face):
         return client
 
     def stream(
-        self, prompt: Any, *, client: Any = None, stop_after: int | None = None, **options: Any
+        self,
+        prompt: Any,
+        *,
+        client: Any = None,
+        stop_after: int | None = None,
+        on_delta: Callable[[str], None] | None = None,
+        **options: Any,
     ) -> Outcome:
         out = Outcome()
 
@@ -131,6 +154,8 @@ class AsyncFace(Face):
             try:
                 async with out.stream as stream:
                     async for text in stream:
+                        if on_delta:
+                            on_delta(text)
                         out.deltas.append(text)
                         if stop_after is not None and len(out.deltas) >= stop_after:
                             break

@@ -23,6 +23,7 @@ message passes through :func:`redact` with the secrets of the request that faile
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 QUOTE_LIMIT = 300  # characters of a server's answer quoted in a message
+_TAG = re.compile(r"<(script|style)\b.*?</\1>|<[^>]*>", re.S | re.I)
 
 
 class YlokhError(Exception):
@@ -195,6 +197,8 @@ def error_message(body: bytes | str) -> str:
     if found:
         return found
     text = text.strip()
+    if text.startswith("<"):  # an HTML error page: its words, not its markup
+        text = " ".join(_TAG.sub(" ", text).split())
     if not text:
         return "(empty body)"
     return quote(text)[1:-1] if len(text) > QUOTE_LIMIT else text

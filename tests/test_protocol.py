@@ -39,6 +39,7 @@ def parse(*pieces: bytes, headers: dict[str, str] | None = None, status: int = 2
     ("value", "match"),
     [
         (42, "must be a str or a list"),
+        ("", "the prompt is empty"),
         ([], "must not be empty"),
         (["hi"], r"messages\[0\] must be a dict"),
         ([{"role": "wizard", "content": "x"}], "unknown role 'wizard'"),

@@ -26,7 +26,7 @@ from ._errors import (
     redact,
 )
 from ._protocol import Request, ResponseParser
-from ._retry import async_retrying, logger
+from ._retry import async_retrying
 
 _Opened = tuple[aiohttp.ClientResponse, ResponseParser, list[str], bool]
 
@@ -172,11 +172,13 @@ class AsyncClient(BaseClient):
     async def _open(self, stream: AsyncStream) -> _Opened:
         settings = stream._settings
         deadline = deadline_of(settings)
+        stream._started = time.monotonic()
         policy = async_retrying(
             settings.base_url, settings.max_retries, deadline, sleep=self._sleep
         )
         opened: _Opened = await policy(self._attempt, stream._request, settings, deadline)
         stream._parser = opened[1]
+        stream._first_byte = time.monotonic()
         return opened
 
 
@@ -228,16 +230,20 @@ class AsyncStream(BaseStream):
                 yield text
             if not ended:
                 readany = response.content.readany
-                while True:
+                while parser.pending is None:
                     data = await readany()
                     if not data:
                         break
                     for text in parser.feed(data):
                         yield text
+                else:  # an error came with deltas: they went out first, now the error
+                    raise parser.pending
                 last = parser.close()
                 response.release()
                 for text in last:
                     yield text
+            if parser.pending is not None:
+                raise parser.pending
             self._complete()
         except YlokhError as exc:
             error = parser.fail(exc)
@@ -248,9 +254,7 @@ class AsyncStream(BaseStream):
             raise parser.fail(_map_error(exc, self._request, settings)) from exc
         finally:
             response.close()
-            logger.debug(
-                "POST %s: %d, %d characters", self._request.url, parser.status, len(parser.text)
-            )
+            self._log_end()
 
 
 def _connector(settings: Settings) -> aiohttp.BaseConnector:

@@ -7,6 +7,7 @@ Strategy (as in httpx): :class:`BaseClient` resolves settings and builds request
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -92,6 +93,9 @@ def deadline_of(settings: Settings) -> float | None:
     return None if total is None else time.monotonic() + total
 
 
+logger = logging.getLogger("ylokh")
+
+
 class BaseStream:
     """The results of one streamed answer, shared by the sync and async stream objects.
 
@@ -100,6 +104,8 @@ class BaseStream:
     """
 
     _parser: ResponseParser | None = None
+    _started = 0.0  # when the first attempt began (monotonic)
+    _first_byte = 0.0  # when the accepted attempt read its first bytes
 
     def __init__(self, settings: Settings, request: Request) -> None:
         self._settings = settings
@@ -135,6 +141,21 @@ class BaseStream:
     def reasoning(self) -> str:
         """The model's ``reasoning_content``, kept apart from the text."""
         return self._parser.reasoning if self._parser else ""
+
+    def _log_end(self) -> None:
+        """One DEBUG line per request: status, time to first byte, chunks, characters."""
+        parser = self._parser
+        if parser is None or not logger.isEnabledFor(logging.DEBUG):
+            return
+        logger.debug(
+            "POST %s -> %d, first byte after %.1f ms, %d chunks, %d characters%s",
+            self._request.url,
+            parser.status,
+            (self._first_byte - self._started) * 1000,
+            parser.chunks,
+            len(parser.text),
+            "" if self.completed else " (not complete)",
+        )
 
     def _complete(self) -> None:
         """Called once when the server said the answer is complete."""

@@ -79,6 +79,8 @@ def validate_messages(prompt_or_messages: object) -> Messages:
             dicts with known roles, or text missing where it is required.
     """
     if isinstance(prompt_or_messages, str):
+        if not prompt_or_messages:
+            raise InvalidRequestError("the prompt is empty")
         return [{"role": "user", "content": prompt_or_messages}]
     if not isinstance(prompt_or_messages, (list, tuple)):
         raise InvalidRequestError(
@@ -242,6 +244,7 @@ class ResponseParser:
         self.reasoning_parts: list[str] = []
         self._tool_calls: dict[int, dict[str, Any]] = {}
         self.done = False
+        self.pending: YlokhError | None = None  # raise after the deltas returned with it
         self.status = 0
         self.mode = Mode.EVENTS
         self._sse = SSEDecoder(max_line_size)
@@ -249,7 +252,7 @@ class ResponseParser:
         self._head = b""  # the first bytes, quoted when the body is not what we expected
         self._body: list[bytes] = []  # the body, in modes that need all of it
         self._retry_after: float | None = None
-        self._events = 0
+        self.chunks = 0  # events received, [DONE] aside
 
     # -- results -------------------------------------------------------------------------
     @property
@@ -307,12 +310,13 @@ class ResponseParser:
         if len(self._head) < 512:
             self._head += data[:512]
         self._received += len(data)
-        if self.mode is Mode.EVENTS:
-            return self._on_events(self._sse.feed(data))
         if self.mode is Mode.SNIFF:
-            mode = self.mode = self._sniff(data)
-            if mode is Mode.EVENTS:
-                return self._on_events(self._sse.feed(data))
+            self.mode = self._sniff(data)
+        if self.mode is Mode.EVENTS:
+            events = self._sse.feed(data)
+            if not self.chunks and not events and len(self._sse.pending) > 1:
+                events = self._split_lines()  # only until the first event: cheap
+            return self._on_events(events)
         return self._keep(data)
 
     def close(self) -> list[str]:
@@ -336,7 +340,8 @@ class ResponseParser:
             return self._on_completion(b"".join(self._body))
         if self.mode is Mode.SNIFF:  # fewer bytes than needed to decide: an empty body
             return self._check_end([])
-        return self._check_end(self._on_events(self._sse.close(), final=True))
+        deltas = self._on_events(self._sse.close(), final=True)
+        return deltas if self.pending is not None else self._check_end(deltas)
 
     def fail(self, error: YlokhError) -> YlokhError:
         """The error to raise when the body broke off with ``error``: the error itself,
@@ -367,7 +372,7 @@ class ResponseParser:
             return deltas
         if self._received == 0:
             raise self._protocol_error("the server ended the stream without sending anything")
-        if not self._events:
+        if not self.chunks:
             raise self._protocol_error("the answer is not an event stream")
         if self.yielded:
             raise incomplete(
@@ -381,21 +386,34 @@ class ResponseParser:
 
     def _on_events(self, events: list[Any], final: bool = False) -> list[str]:
         out: list[str] = []
-        for event in events:
-            data = event.data
-            if data == b"[DONE]":
-                self.done = True
-                continue
-            self._events += 1
-            try:
-                chunk = loads(data)
-            except _JSONError:
-                self._recover(data, final, out)
-                continue
-            if event.event == "error":
-                raise self._stream_error(chunk)
-            self._on_chunk(chunk, data, out)
+        data = b""
+        try:
+            for event in events:
+                data = event.data
+                if data == b"[DONE]":
+                    self.done = True
+                    continue
+                self.chunks += 1
+                try:
+                    chunk = loads(data)
+                except _JSONError:
+                    self._recover(data, final, out)
+                    continue
+                if event.event == "error":
+                    raise self._stream_error(chunk)
+                self._on_chunk(chunk, data, out)
+        except (AttributeError, TypeError, KeyError, IndexError) as exc:  # a chunk's odd shape
+            self._hold(self._chunk_error(f"a chunk has an unexpected shape ({exc})", data), out)
+        except YlokhError as exc:
+            self._hold(exc, out)
         return out
+
+    def _hold(self, error: YlokhError, out: list[str]) -> None:
+        """Raise ``error`` now, or, when deltas decoded from the same bytes are still to
+        reach the caller, keep it in :attr:`pending` for the transport to raise after them."""
+        if not out:
+            raise error
+        self.pending = error
 
     def _on_chunk(self, chunk: Any, data: bytes, out: list[str]) -> None:
         if type(chunk) is not dict:
@@ -428,6 +446,16 @@ class ResponseParser:
         reason = choice.get("finish_reason")
         if reason:
             self.finish_reason = reason
+
+    def _split_lines(self) -> list[Any]:
+        """A server that ends events with a single line end sends one endless event of
+        ``data:`` lines, dispatched only at the end of the body. When the first of its
+        lines is a whole JSON chunk, every line is taken as an event, so deltas stream."""
+        try:
+            loads(self._sse.pending[0])
+        except _JSONError:
+            return []  # a genuine multi-line event
+        return self._sse.split_lines()
 
     def _recover(self, data: bytes, final: bool, out: list[str]) -> None:
         """A chunk that is not JSON. Servers that end events with a single line end send
@@ -487,6 +515,8 @@ class ResponseParser:
                 )
 
     def _on_completion(self, body: bytes) -> list[str]:
+        if body[:3] == b"\xef\xbb\xbf":  # a UTF-8 byte order mark, allowed before JSON
+            body = body[3:]
         try:
             obj = loads(body)
         except _JSONError:

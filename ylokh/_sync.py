@@ -29,7 +29,7 @@ from ._errors import (
     redact,
 )
 from ._protocol import Request, ResponseParser
-from ._retry import logger, retrying
+from ._retry import retrying
 
 READ_SIZE = 1 << 16
 _Opened = tuple[requests.Response, ResponseParser, list[str], bool]
@@ -151,9 +151,11 @@ class Client(BaseClient):
     def _open(self, stream: Stream) -> _Opened:
         settings = stream._settings
         deadline = deadline_of(settings)
+        stream._started = time.monotonic()
         policy = retrying(settings.base_url, settings.max_retries, deadline, sleep=self._sleep)
         opened: _Opened = policy(self._attempt, stream._request, settings, deadline)
         stream._parser = opened[1]
+        stream._first_byte = time.monotonic()
         return opened
 
 
@@ -196,17 +198,22 @@ class Stream(BaseStream):
             if not ended:
                 raw = response.raw
                 read1 = raw.read1
-                deadline = deadline_of(settings) if settings.timeout.total else None
-                while True:
+                total = settings.timeout.total
+                deadline = None if total is None else self._started + total
+                while parser.pending is None:
                     if deadline is not None:
                         _bound_read(raw, deadline, settings.timeout.read)
                     data = read1(READ_SIZE, decode_content=True)
                     if not data:
                         break
                     yield from parser.feed(data)
+                else:  # an error came with deltas: they went out first, now the error
+                    raise parser.pending
                 last = parser.close()
                 _release(response)
                 yield from last
+            if parser.pending is not None:
+                raise parser.pending
             self._complete()
         except YlokhError as exc:
             error = parser.fail(exc)
@@ -217,9 +224,7 @@ class Stream(BaseStream):
             raise parser.fail(_map_error(exc, self._request, settings)) from exc
         finally:
             response.close()
-            logger.debug(
-                "POST %s: %d, %d characters", self._request.url, parser.status, len(parser.text)
-            )
+            self._log_end()
 
 
 def _remaining(limit: float | None, deadline: float | None) -> float | None:

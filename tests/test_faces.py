@@ -5,6 +5,7 @@ Every test takes ``face`` and runs once for the blocking face and once for the a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -252,3 +253,22 @@ def test_json_body_when_stream_was_asked(face: Face, server: Server) -> None:
 def test_payload_is_json(server: Server) -> None:
     ylokh.complete("x", base_url=server.base_url, tools=[{"type": "function"}])
     assert json.dumps(server.requests[0].json["tools"]) == '[{"type": "function"}]'
+
+
+def test_break_without_a_context_manager_closes_the_response(server: Server) -> None:
+    """``for t in ylokh.stream(...): break`` frees the stream at once (no reference cycle)."""
+    fault = {"ylokh_fault": "delay=0.05"}
+    for text in ylokh.stream("a b c d e f g h", base_url=server.base_url, **fault):
+        assert text == "a "
+        break
+    assert server.requests[0].disconnected.wait(5)
+
+    async def main() -> None:
+        async for text in ylokh.astream("a b c d e f g h", base_url=server.base_url, **fault):
+            assert text == "a "
+            break
+        await asyncio.sleep(0)  # the loop closes a dropped async generator on its next turn
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert server.requests[1].disconnected.wait(5)

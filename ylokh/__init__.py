@@ -40,7 +40,9 @@ from .chat import Chat
 from .provider import Ylokh
 
 if TYPE_CHECKING:
+    from . import notebook
     from ._async import AsyncClient, AsyncStream
+    from ._batch import batch
 
 __all__ = [
     "APIConnectionError",
@@ -67,7 +69,9 @@ __all__ = [
     "__version__",
     "acomplete",
     "astream",
+    "batch",
     "complete",
+    "notebook",
     "stream",
 ]
 
@@ -75,6 +79,8 @@ __all__ = [
 _LAZY = {
     "AsyncClient": "._async",
     "AsyncStream": "._async",
+    "batch": "._batch",
+    "notebook": ".notebook",
 }
 
 

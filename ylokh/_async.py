@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from ._base import BaseClient, BaseStream, Completion, deadline_of
+from ._base import BaseClient, BaseStream, Completion, Exchange, deadline_of
 from ._config import Settings, redact_url
 from ._errors import (
     APIConnectionError,
@@ -98,10 +98,10 @@ class AsyncClient(BaseClient):
             APIError: as :meth:`stream`; the whole call is retried when that is safe.
         """
         settings, request = self._prepare(prompt_or_messages, model, False, options)
-        async with AsyncStream(self, settings, request) as stream:
-            async for _ in stream:
-                pass
-        return Completion.of(stream)
+        exchange = Exchange(settings, request)
+        async for _ in _run(self, exchange):
+            pass
+        return Completion.of(exchange)
 
     # -- the I/O path ----------------------------------------------------------------------
     def _ssl_for(self, settings: Settings) -> ssl.SSLContext | bool:
@@ -169,16 +169,16 @@ class AsyncClient(BaseClient):
                 raise _map_error(exc, request, settings) from exc
             raise
 
-    async def _open(self, stream: AsyncStream) -> _Opened:
-        settings = stream._settings
+    async def _open(self, exchange: Exchange) -> _Opened:
+        settings = exchange.settings
         deadline = deadline_of(settings)
-        stream._started = time.monotonic()
+        exchange.started = time.monotonic()
         policy = async_retrying(
             settings.base_url, settings.max_retries, deadline, sleep=self._sleep
         )
-        opened: _Opened = await policy(self._attempt, stream._request, settings, deadline)
-        stream._parser = opened[1]
-        stream._first_byte = time.monotonic()
+        opened: _Opened = await policy(self._attempt, exchange.request, settings, deadline)
+        exchange.parser = opened[1]
+        exchange.first_byte = time.monotonic()
         return opened
 
 
@@ -193,9 +193,7 @@ class AsyncStream(BaseStream):
 
     def __init__(self, client: AsyncClient, settings: Settings, request: Request) -> None:
         super().__init__(settings, request)
-        self._client = client
-        self._iterator = self._run()
-        self._response: aiohttp.ClientResponse | None = None
+        self._iterator = _run(client, self._exchange)
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterator
@@ -212,49 +210,46 @@ class AsyncStream(BaseStream):
     async def aclose(self) -> None:
         """Stop reading and close the HTTP response (idempotent)."""
         await self._iterator.aclose()
-        if self._response is not None:
-            self._response.close()
 
-    def __del__(self) -> None:
-        # a loop left by `break` drops us without aclose(): close the socket right away
-        response = self._response
-        if response is not None and not response.closed:
-            response.close()
 
-    async def _run(self) -> AsyncGenerator[str, None]:
-        response, parser, deltas, ended = await self._client._open(self)
-        self._response = response
-        settings = self._settings
-        try:
-            for text in deltas:
-                yield text
-            if not ended:
-                readany = response.content.readany
-                while parser.pending is None:
-                    data = await readany()
-                    if not data:
-                        break
-                    for text in parser.feed(data):
-                        yield text
-                else:  # an error came with deltas: they went out first, now the error
-                    raise parser.pending
-                last = parser.close()
-                response.release()
-                for text in last:
+async def _run(client: AsyncClient, exchange: Exchange) -> AsyncGenerator[str, None]:
+    """Read one answer: open it (retried), then hand out deltas as bytes arrive."""
+    response, parser, deltas, ended = await client._open(exchange)
+    settings = exchange.settings
+    try:
+        for text in deltas:
+            yield text
+        if not ended:
+            readany = response.content.readany
+            while parser.pending is None:
+                data = await readany()
+                if not data:
+                    break
+                for text in parser.feed(data):
                     yield text
-            if parser.pending is not None:
+            else:  # an error came with deltas: they went out first, now the error
                 raise parser.pending
-            self._complete()
-        except YlokhError as exc:
-            error = parser.fail(exc)
-            if error is exc:
-                raise
-            raise error from exc
-        except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise parser.fail(_map_error(exc, self._request, settings)) from exc
-        finally:
-            response.close()
-            self._log_end()
+            last = parser.close()
+            response.release()
+            for text in last:
+                yield text
+        if parser.pending is not None:
+            raise parser.pending
+        exchange.complete()
+    except YlokhError as exc:
+        error = parser.fail(exc)
+        if error is exc:
+            raise
+        raise error from exc
+    except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        error = _map_error(exc, exchange.request, settings)
+        if parser.yielded:  # the cause of the IncompleteStreamError is the ylokh error
+            error.__cause__ = exc
+            raise parser.fail(error) from error
+        raise error from exc
+    finally:
+        response.close()
+        exchange.log_end()
 
 
 def _connector(settings: Settings) -> aiohttp.BaseConnector:

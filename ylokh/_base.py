@@ -96,6 +96,82 @@ def deadline_of(settings: Settings) -> float | None:
 logger = logging.getLogger("ylokh")
 
 
+class Exchange:
+    """The state of one call: its settings and request, the parser holding the results,
+    timings, and what to do once the answer is complete.
+
+    Strategy: the generator that reads the response holds this object, never the stream
+    object the caller holds; so a caller that drops its stream in the middle of a loop
+    (``break``) drops the last reference to the generator, which closes the response at
+    once instead of waiting for the garbage collector to break a cycle.
+    """
+
+    __slots__ = (
+        "completed",
+        "first_byte",
+        "on_complete",
+        "parser",
+        "request",
+        "settings",
+        "started",
+    )
+
+    def __init__(self, settings: Settings, request: Request) -> None:
+        self.settings = settings
+        self.request = request
+        self.parser: ResponseParser | None = None
+        self.started = 0.0  # when the first attempt began (monotonic)
+        self.first_byte = 0.0  # when the accepted attempt had read its first bytes
+        self.on_complete: list[Callable[[Exchange], None]] = []
+        self.completed = False
+
+    @property
+    def text(self) -> str:
+        """All the text received so far."""
+        return self.parser.text if self.parser else ""
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why the answer ended, when known."""
+        return self.parser.finish_reason if self.parser else None
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        """Token counts, when the server sent them."""
+        return self.parser.usage if self.parser else None
+
+    @property
+    def tool_calls(self) -> list[dict[str, Any]]:
+        """Tool calls, their deltas merged by index."""
+        return self.parser.tool_calls if self.parser else []
+
+    @property
+    def reasoning(self) -> str:
+        """The model's ``reasoning_content``, kept apart from the text."""
+        return self.parser.reasoning if self.parser else ""
+
+    def log_end(self) -> None:
+        """One DEBUG line per request: status, time to first byte, chunks, characters."""
+        parser = self.parser
+        if parser is None or not logger.isEnabledFor(logging.DEBUG):
+            return
+        logger.debug(
+            "POST %s -> %d, first byte after %.1f ms, %d chunks, %d characters%s",
+            self.request.url,
+            parser.status,
+            (self.first_byte - self.started) * 1000,
+            parser.chunks,
+            len(parser.text),
+            "" if self.completed else " (not complete)",
+        )
+
+    def complete(self) -> None:
+        """Called once, when the server has said the answer is complete."""
+        self.completed = True
+        for callback in self.on_complete:
+            callback(self)
+
+
 class BaseStream:
     """The results of one streamed answer, shared by the sync and async stream objects.
 
@@ -103,65 +179,44 @@ class BaseStream:
     ``usage``, ``tool_calls`` and ``reasoning`` are filled in as the server sends them.
     """
 
-    _parser: ResponseParser | None = None
-    _started = 0.0  # when the first attempt began (monotonic)
-    _first_byte = 0.0  # when the accepted attempt read its first bytes
-
     def __init__(self, settings: Settings, request: Request) -> None:
-        self._settings = settings
-        self._request = request
-        self._on_complete: list[Callable[[BaseStream], None]] = []
-        self.completed = False
+        self._exchange = Exchange(settings, request)
+        self._on_complete = self._exchange.on_complete
 
     def __repr__(self) -> str:
         state = "complete" if self.completed else "open"
-        return f"<{type(self).__name__} {self._request.url} {state}, {len(self.text)} chars>"
+        url = self._exchange.request.url
+        return f"<{type(self).__name__} {url} {state}, {len(self.text)} chars>"
+
+    @property
+    def completed(self) -> bool:
+        """Whether the server said the answer is complete."""
+        return self._exchange.completed
 
     @property
     def text(self) -> str:
         """All the text received so far."""
-        return self._parser.text if self._parser else ""
+        return self._exchange.text
 
     @property
     def finish_reason(self) -> str | None:
         """Why the answer ended (``"stop"``, ``"length"``, ``"tool_calls"``...), when known."""
-        return self._parser.finish_reason if self._parser else None
+        return self._exchange.finish_reason
 
     @property
     def usage(self) -> dict[str, Any] | None:
         """Token counts, when the server sent them."""
-        return self._parser.usage if self._parser else None
+        return self._exchange.usage
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
         """Tool calls, their deltas merged by index."""
-        return self._parser.tool_calls if self._parser else []
+        return self._exchange.tool_calls
 
     @property
     def reasoning(self) -> str:
         """The model's ``reasoning_content``, kept apart from the text."""
-        return self._parser.reasoning if self._parser else ""
-
-    def _log_end(self) -> None:
-        """One DEBUG line per request: status, time to first byte, chunks, characters."""
-        parser = self._parser
-        if parser is None or not logger.isEnabledFor(logging.DEBUG):
-            return
-        logger.debug(
-            "POST %s -> %d, first byte after %.1f ms, %d chunks, %d characters%s",
-            self._request.url,
-            parser.status,
-            (self._first_byte - self._started) * 1000,
-            parser.chunks,
-            len(parser.text),
-            "" if self.completed else " (not complete)",
-        )
-
-    def _complete(self) -> None:
-        """Called once when the server said the answer is complete."""
-        self.completed = True
-        for callback in self._on_complete:
-            callback(self)
+        return self._exchange.reasoning
 
 
 class Completion(str):
@@ -174,7 +229,7 @@ class Completion(str):
     reasoning: str
 
     @classmethod
-    def of(cls, stream: BaseStream) -> Completion:
+    def of(cls, stream: BaseStream | Exchange) -> Completion:
         """The completion a finished stream holds."""
         completion = cls(stream.text)
         completion.finish_reason = stream.finish_reason

@@ -67,7 +67,12 @@ class APIStatusError(APIError):
         message: the server's own error message.
         body: the start of the body the server sent (redacted).
         retry_after: seconds the server asked us to wait (``Retry-After``), or ``None``.
+        in_stream: the error came as an object in a 200 answer, not as a status (such
+            errors are not retried: whether one arrives before the first read ends is
+            up to the network).
     """
+
+    in_stream = False
 
     def __init__(
         self,

@@ -307,6 +307,8 @@ class ResponseParser:
             APIStatusError: the stream carried an error object.
             ProtocolError: the bytes are not a valid event stream.
         """
+        if self.pending is not None:
+            raise self.pending
         if len(self._head) < 512:
             self._head += data[:512]
         self._received += len(data)
@@ -326,7 +328,12 @@ class ResponseParser:
             APIStatusError: an error status, or an error object in the body.
             ProtocolError: the answer is not a stream or a completion.
             IncompleteStreamError: the stream ended before its end was announced.
+
+        An error met after deltas in the same bytes is kept in :attr:`pending` and raised
+        by the next ``feed``/``close``, so those deltas reach the caller first.
         """
+        if self.pending is not None:
+            raise self.pending
         if self.mode is Mode.ERROR:
             raise status_error(
                 self.status,
@@ -348,6 +355,8 @@ class ResponseParser:
         or an :class:`IncompleteStreamError` holding the text when text was yielded."""
         if not self.yielded or isinstance(error, IncompleteStreamError):
             return error
+        if isinstance(error, ProtocolError):  # both, as for an error object after text
+            return incomplete_protocol(error, self.text)
         return incomplete(f"the stream broke off after text was received: {error}", self.text)
 
     # -- internals -------------------------------------------------------------------------
@@ -490,6 +499,7 @@ class ResponseParser:
         code = error.get("code") if isinstance(error, dict) else None
         status = code if type(code) is int and 400 <= code <= 599 else 500
         exc = status_error(status, dumps(chunk), secrets=self.secrets)
+        exc.in_stream = True  # the server accepted the request: not retried
         if self.yielded:
             return incomplete_status(exc, self.text)
         return exc
@@ -560,7 +570,22 @@ def incomplete_status(error: APIStatusError, partial: str) -> APIStatusError:
         retry_after=error.retry_after,
     )
     both.partial = partial  # type: ignore[attr-defined]
+    both.in_stream = error.in_stream
     return both
+
+
+class IncompleteProtocolError(ProtocolError, IncompleteStreamError):
+    """A protocol error after text: both a :class:`ProtocolError` and an
+    :class:`IncompleteStreamError` holding the text received."""
+
+    __module__ = "ylokh"
+
+
+def incomplete_protocol(error: ProtocolError, partial: str) -> IncompleteProtocolError:
+    """The :class:`IncompleteProtocolError` for ``error`` met after ``partial``."""
+    return IncompleteProtocolError(
+        f"the stream broke off after text was received: {error}", partial
+    )
 
 
 __all__ = [

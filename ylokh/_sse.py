@@ -37,7 +37,17 @@ class SSEDecoder:
         ProtocolError: a line is longer than ``max_line_size``.
     """
 
-    __slots__ = ("_buf", "_cr", "_data", "_event", "_id", "_retry", "_started", "max_line_size")
+    __slots__ = (
+        "_buf",
+        "_cr",
+        "_data",
+        "_event",
+        "_id",
+        "_retry",
+        "_split",
+        "_started",
+        "max_line_size",
+    )
 
     def __init__(self, max_line_size: int = DEFAULT_MAX_LINE_SIZE) -> None:
         self.max_line_size = max_line_size
@@ -48,6 +58,7 @@ class SSEDecoder:
         self._id = ""
         self._retry: int | None = None
         self._started = False
+        self._split = False  # every data line is a whole event (see split_lines)
 
     def feed(self, chunk: bytes) -> list[Event]:
         """Take the next bytes of the stream; return the events they complete."""
@@ -72,6 +83,21 @@ class SSEDecoder:
             self._check_sizes(lines)
         return self._lines(lines)
 
+    @property
+    def pending(self) -> list[bytes]:
+        """The data lines of the event not yet dispatched (no blank line seen yet)."""
+        return self._data
+
+    def split_lines(self) -> list[Event]:
+        """From now on treat every ``data:`` line as a whole event, for servers that end
+        events with a single line end (the rules would join their lines into one endless
+        event); return the pending lines as events."""
+        self._split = True
+        events = [Event(line, self._event, self._id, self._retry) for line in self._data]
+        self._data.clear()
+        self._event = ""
+        return events
+
     def close(self) -> list[Event]:
         """End of stream: the event still pending, if any (unterminated)."""
         lines = [self._buf, b""] if self._buf else [b""]
@@ -89,6 +115,7 @@ class SSEDecoder:
     def _lines(self, lines: list[bytes]) -> list[Event]:
         events: list[Event] = []
         data = self._data
+        split = self._split
         for line in lines:
             if line[:6] == b"data: ":
                 data.append(line[6:])
@@ -102,6 +129,9 @@ class SSEDecoder:
                 continue
             else:
                 self._field(line, data)
+            if split and data:
+                events.append(Event(data.pop(), self._event, self._id, self._retry))
+                self._event = ""
         return events
 
     def _field(self, line: bytes, data: list[bytes]) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import requests
 import urllib3.exceptions
 
-from ._base import BaseClient, BaseStream, Completion, deadline_of
+from ._base import BaseClient, BaseStream, Completion, Exchange, deadline_of
 from ._config import Settings, redact_url
 from ._errors import (
     APIConnectionError,
@@ -104,10 +104,10 @@ class Client(BaseClient):
             APIError: as :meth:`stream`; the whole call is retried when that is safe.
         """
         settings, request = self._prepare(prompt_or_messages, model, False, options)
-        with Stream(self, settings, request) as stream:
-            for _ in stream:
-                pass
-        return Completion.of(stream)
+        exchange = Exchange(settings, request)
+        for _ in _run(self, exchange):
+            pass
+        return Completion.of(exchange)
 
     # -- the I/O path ----------------------------------------------------------------------
     def _attempt(self, request: Request, settings: Settings, deadline: float | None) -> _Opened:
@@ -148,14 +148,14 @@ class Client(BaseClient):
             response.close()
             raise _map_error(exc, request, settings) from exc
 
-    def _open(self, stream: Stream) -> _Opened:
-        settings = stream._settings
+    def _open(self, exchange: Exchange) -> _Opened:
+        settings = exchange.settings
         deadline = deadline_of(settings)
-        stream._started = time.monotonic()
+        exchange.started = time.monotonic()
         policy = retrying(settings.base_url, settings.max_retries, deadline, sleep=self._sleep)
-        opened: _Opened = policy(self._attempt, stream._request, settings, deadline)
-        stream._parser = opened[1]
-        stream._first_byte = time.monotonic()
+        opened: _Opened = policy(self._attempt, exchange.request, settings, deadline)
+        exchange.parser = opened[1]
+        exchange.first_byte = time.monotonic()
         return opened
 
 
@@ -169,9 +169,7 @@ class Stream(BaseStream):
 
     def __init__(self, client: Client, settings: Settings, request: Request) -> None:
         super().__init__(settings, request)
-        self._client = client
-        self._iterator = self._run()
-        self._response: requests.Response | None = None
+        self._iterator = _run(client, self._exchange)
 
     def __iter__(self) -> Iterator[str]:
         return self._iterator
@@ -189,42 +187,47 @@ class Stream(BaseStream):
         """Stop reading and close the HTTP response (idempotent)."""
         self._iterator.close()
 
-    def _run(self) -> Generator[str, None, None]:
-        response, parser, deltas, ended = self._client._open(self)
-        self._response = response
-        settings = self._settings
-        try:
-            yield from deltas
-            if not ended:
-                raw = response.raw
-                read1 = raw.read1
-                total = settings.timeout.total
-                deadline = None if total is None else self._started + total
-                while parser.pending is None:
-                    if deadline is not None:
-                        _bound_read(raw, deadline, settings.timeout.read)
-                    data = read1(READ_SIZE, decode_content=True)
-                    if not data:
-                        break
-                    yield from parser.feed(data)
-                else:  # an error came with deltas: they went out first, now the error
-                    raise parser.pending
-                last = parser.close()
-                _release(response)
-                yield from last
-            if parser.pending is not None:
+
+def _run(client: Client, exchange: Exchange) -> Generator[str, None, None]:
+    """Read one answer: open it (retried), then hand out deltas as bytes arrive."""
+    response, parser, deltas, ended = client._open(exchange)
+    settings = exchange.settings
+    try:
+        yield from deltas
+        if not ended:
+            raw = response.raw
+            read1 = raw.read1
+            total = settings.timeout.total
+            deadline = None if total is None else exchange.started + total
+            while parser.pending is None:
+                if deadline is not None:
+                    _bound_read(raw, deadline, settings.timeout.read)
+                data = read1(READ_SIZE, decode_content=True)
+                if not data:
+                    break
+                yield from parser.feed(data)
+            else:  # an error came with deltas: they went out first, now the error
                 raise parser.pending
-            self._complete()
-        except YlokhError as exc:
-            error = parser.fail(exc)
-            if error is exc:
-                raise
-            raise error from exc
-        except (OSError, urllib3.exceptions.HTTPError, requests.RequestException) as exc:
-            raise parser.fail(_map_error(exc, self._request, settings)) from exc
-        finally:
-            response.close()
-            self._log_end()
+            last = parser.close()
+            _release(response)
+            yield from last
+        if parser.pending is not None:
+            raise parser.pending
+        exchange.complete()
+    except YlokhError as exc:
+        error = parser.fail(exc)
+        if error is exc:
+            raise
+        raise error from exc
+    except (OSError, urllib3.exceptions.HTTPError, requests.RequestException) as exc:
+        error = _map_error(exc, exchange.request, settings)
+        if parser.yielded:  # the cause of the IncompleteStreamError is the ylokh error
+            error.__cause__ = exc
+            raise parser.fail(error) from error
+        raise error from exc
+    finally:
+        response.close()
+        exchange.log_end()
 
 
 def _remaining(limit: float | None, deadline: float | None) -> float | None:

@@ -6,7 +6,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from ._base import BaseClient, BaseStream, Completion
+from ._base import BaseClient, Completion, Exchange
 from ._errors import InvalidRequestError
 from ._protocol import validate_messages
 from ._sync import Client, Stream
@@ -117,7 +117,7 @@ class Chat:
         return [*self._messages, user], {**self.options, **options}
 
     def _recorder(self, prompt: str) -> Any:
-        def record(stream: BaseStream) -> None:
+        def record(stream: Exchange) -> None:
             answer: dict[str, Any] = {"role": "assistant", "content": stream.text}
             if stream.tool_calls:
                 answer["tool_calls"] = stream.tool_calls

@@ -133,7 +133,14 @@ def _ratio(values: list[float]) -> float:
 
 # -- scenarios ------------------------------------------------------------------------------
 def scenario_a(server: ServerProcess, runner: Runner, chunks: int, rounds: int) -> dict[str, Any]:
-    names = ["ylokh sync", "raw requests", "openai sync", "ylokh async", "raw aiohttp", "openai async"]
+    names = [
+        "ylokh sync",
+        "raw requests",
+        "openai sync",
+        "ylokh async",
+        "raw aiohttp",
+        "openai async",
+    ]
     contenders = [BUILDERS[name](server.base_url) for name in names]
     for c in contenders:  # warm up: imports, clients, one connection each; check the text
         _check(c.name, runner.call(c, "consume", 64), 64)
@@ -149,14 +156,19 @@ def scenario_a(server: ServerProcess, runner: Runner, chunks: int, rounds: int) 
     for c in contenders:
         runner.close_contender(c)
     out: dict[str, Any] = {"chunks": chunks, "rounds": rounds, "rates": rates}
-    for face, raw, sdk in (("sync", "raw requests", "openai sync"), ("async", "raw aiohttp", "openai async")):
+    for face, raw, sdk in (
+        ("sync", "raw requests", "openai sync"),
+        ("async", "raw aiohttp", "openai async"),
+    ):
         mine = rates[f"ylokh {face}"]
-        out[f"{face}_vs_raw"] = _ratio([m / o for m, o in zip(mine, rates[raw])])
-        out[f"{face}_vs_sdk"] = _ratio([m / o for m, o in zip(mine, rates[sdk])])
+        out[f"{face}_vs_raw"] = _ratio([m / o for m, o in zip(mine, rates[raw], strict=True)])
+        out[f"{face}_vs_sdk"] = _ratio([m / o for m, o in zip(mine, rates[sdk], strict=True)])
     return out
 
 
-def scenario_b(server: ServerProcess, streams: int, chunks: int, rounds: int, batches: int) -> dict[str, Any]:
+def scenario_b(
+    server: ServerProcess, streams: int, chunks: int, rounds: int, batches: int
+) -> dict[str, Any]:
     names = ["ylokh async", "raw aiohttp", "openai async"]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -165,9 +177,21 @@ def scenario_b(server: ServerProcess, streams: int, chunks: int, rounds: int, ba
         for name in order:
             before = server.stats()["connections"]
             proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks._worker", name, server.base_url,
-                 str(streams), str(chunks), str(batches)],
-                capture_output=True, text=True, cwd=ROOT, env=env, check=False,
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks._worker",
+                    name,
+                    server.base_url,
+                    str(streams),
+                    str(chunks),
+                    str(batches),
+                ],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                env=env,
+                check=False,
             )
             if proc.returncode:
                 raise SystemExit(f"scenario b, {name} failed:\n{proc.stderr}")
@@ -175,20 +199,26 @@ def scenario_b(server: ServerProcess, streams: int, chunks: int, rounds: int, ba
             result["connections"] = server.stats()["connections"] - before
             result["rate"] = streams * chunks / median(result["times"])
             runs[name].append(result)
-    out: dict[str, Any] = {"streams": streams, "chunks": chunks, "rounds": rounds, "batches": batches}
+    out: dict[str, Any] = {
+        "streams": streams,
+        "chunks": chunks,
+        "rounds": rounds,
+        "batches": batches,
+    }
     for name in names:
         out[name] = {
             "rate": median(x["rate"] for x in runs[name]),
             "rss_peak_mib": median(x["rss_peak_kib"] for x in runs[name]) / 1024,
-            "rss_growth_mib": median(x["rss_peak_kib"] - x["rss_ready_kib"] for x in runs[name]) / 1024,
+            "rss_growth_mib": median(x["rss_peak_kib"] - x["rss_ready_kib"] for x in runs[name])
+            / 1024,
             "connections": median(x["connections"] for x in runs[name]),
             "runs": runs[name],
         }
     mine, raw, sdk = (runs[n] for n in names)
-    out["vs_raw"] = _ratio([m["rate"] / o["rate"] for m, o in zip(mine, raw)])
-    out["vs_sdk"] = _ratio([m["rate"] / o["rate"] for m, o in zip(mine, sdk)])
+    out["vs_raw"] = _ratio([m["rate"] / o["rate"] for m, o in zip(mine, raw, strict=True)])
+    out["vs_sdk"] = _ratio([m["rate"] / o["rate"] for m, o in zip(mine, sdk, strict=True)])
     out["rss_peak_diff_mib"] = median(
-        (m["rss_peak_kib"] - o["rss_peak_kib"]) / 1024 for m, o in zip(mine, raw)
+        (m["rss_peak_kib"] - o["rss_peak_kib"]) / 1024 for m, o in zip(mine, raw, strict=True)
     )
     return out
 
@@ -214,7 +244,11 @@ def scenario_c(server: ServerProcess, runner: Runner, requests: int, chunks: int
         connections[c.name] = server.stats()["connections"] - before
     for c in contenders:
         runner.close_contender(c)
-    out: dict[str, Any] = {"requests": requests, "chunks": chunks, "connections_per_20": connections}
+    out: dict[str, Any] = {
+        "requests": requests,
+        "chunks": chunks,
+        "connections_per_20": connections,
+    }
     for name in names:
         out[name] = {"median_us": median(times[name]) * 1e6, "p90_us": _p90(times[name]) * 1e6}
     for mine, raw, sdk in (
@@ -249,7 +283,11 @@ def scenario_d(rounds: int) -> dict[str, Any]:
         for module in order:
             proc = subprocess.run(
                 [sys.executable, "-c", _IMPORT.format(module=module)],
-                capture_output=True, text=True, cwd=ROOT, env=env, check=True,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                env=env,
+                check=True,
             )
             seconds, loaded = proc.stdout.split()
             if r:  # round 0 warms the OS file cache
@@ -258,8 +296,12 @@ def scenario_d(rounds: int) -> dict[str, Any]:
     out: dict[str, Any] = {"rounds": rounds, "times": times}
     for module in modules:
         out[module] = {"median_ms": median(times[module]) * 1e3}
-    out["ylokh_vs_openai"] = _ratio([y / o for y, o in zip(times["ylokh"], times["openai"])])
-    out["ylokh_vs_requests"] = _ratio([y / o for y, o in zip(times["ylokh"], times["requests"])])
+    out["ylokh_vs_openai"] = _ratio(
+        [y / o for y, o in zip(times["ylokh"], times["openai"], strict=True)]
+    )
+    out["ylokh_vs_requests"] = _ratio(
+        [y / o for y, o in zip(times["ylokh"], times["requests"], strict=True)]
+    )
     out["ylokh_imports_aiohttp"] = aiohttp_loaded["ylokh"]
     return out
 
@@ -308,8 +350,18 @@ def targets(res: dict[str, Any], no_orjson: bool) -> list[tuple[str, str, str, b
     a = res.get("a")
     if a:
         if no_orjson:
-            add("(a) sync vs raw requests, no orjson", a["sync_vs_raw"], ">= 1.1x", a["sync_vs_raw"] >= 1.1)
-            add("(a) async vs raw aiohttp, no orjson", a["async_vs_raw"], ">= 1.1x", a["async_vs_raw"] >= 1.1)
+            add(
+                "(a) sync vs raw requests, no orjson",
+                a["sync_vs_raw"],
+                ">= 1.1x",
+                a["sync_vs_raw"] >= 1.1,
+            )
+            add(
+                "(a) async vs raw aiohttp, no orjson",
+                a["async_vs_raw"],
+                ">= 1.1x",
+                a["async_vs_raw"] >= 1.1,
+            )
         else:
             add("(a) sync vs raw requests", a["sync_vs_raw"], ">= 1.5x", a["sync_vs_raw"] >= 1.5)
             add("(a) async vs raw aiohttp", a["async_vs_raw"], ">= 2.0x", a["async_vs_raw"] >= 2.0)
@@ -319,20 +371,49 @@ def targets(res: dict[str, Any], no_orjson: bool) -> list[tuple[str, str, str, b
     if b:
         add("(b) concurrent vs raw aiohttp", b["vs_raw"], ">= 1.3x", b["vs_raw"] >= 1.3)
         add("(b) concurrent vs openai async", b["vs_sdk"], ">= 15x", b["vs_sdk"] >= 15)
-        add("(b) peak RSS minus raw loop's", b["rss_peak_diff_mib"], "<= 5 MiB",
-            b["rss_peak_diff_mib"] <= 5, "{:+.1f} MiB")
+        add(
+            "(b) peak RSS minus raw loop's",
+            b["rss_peak_diff_mib"],
+            "<= 5 MiB",
+            b["rss_peak_diff_mib"] <= 5,
+            "{:+.1f} MiB",
+        )
     c = res.get("c")
     if c:
-        for name, limit in (("ylokh sync", 1.1), ("ylokh.stream", 1.2), ("ylokh async", 1.1), ("ylokh.astream", 1.2)):
-            add(f"(c) first chunk, {name} vs raw", c[name]["vs_raw"], f"<= {limit}x", c[name]["vs_raw"] <= limit)
-            add(f"(c) first chunk, {name} vs SDK", c[name]["vs_sdk"], "<= 0.5x", c[name]["vs_sdk"] <= 0.5)
+        for name, limit in (
+            ("ylokh sync", 1.1),
+            ("ylokh.stream", 1.2),
+            ("ylokh async", 1.1),
+            ("ylokh.astream", 1.2),
+        ):
+            add(
+                f"(c) first chunk, {name} vs raw",
+                c[name]["vs_raw"],
+                f"<= {limit}x",
+                c[name]["vs_raw"] <= limit,
+            )
+            add(
+                f"(c) first chunk, {name} vs SDK",
+                c[name]["vs_sdk"],
+                "<= 0.5x",
+                c[name]["vs_sdk"] <= 0.5,
+            )
     d = res.get("d")
     if d:
-        add("(d) import ylokh vs import openai", d["ylokh_vs_openai"], "<= 0.2x", d["ylokh_vs_openai"] <= 0.2)
+        add(
+            "(d) import ylokh vs import openai",
+            d["ylokh_vs_openai"],
+            "<= 0.2x",
+            d["ylokh_vs_openai"] <= 0.2,
+        )
     e = res.get("e")
     if e:
-        add("(e) parser vs json.loads alone", e["per_event_vs_json_loads"], "<= 3x",
-            e["per_event_vs_json_loads"] <= 3)
+        add(
+            "(e) parser vs json.loads alone",
+            e["per_event_vs_json_loads"],
+            "<= 3x",
+            e["per_event_vs_json_loads"] <= 3,
+        )
     return rows
 
 
@@ -340,8 +421,10 @@ def table(res: dict[str, Any], no_orjson: bool) -> str:
     lines: list[str] = []
     w = lines.append
     m = res["machine"]
-    w(f"ylokh benchmarks: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, "
-      f"orjson {'off' if no_orjson else 'on' if m['versions'].get('orjson') else 'absent'}")
+    w(
+        f"ylokh benchmarks: {m['nproc']} cores, {m['cpu']}, Python {m['python']}, "
+        f"orjson {'off' if no_orjson else 'on' if m['versions'].get('orjson') else 'absent'}"
+    )
     a = res.get("a")
     if a:
         w("")
@@ -350,37 +433,62 @@ def table(res: dict[str, Any], no_orjson: bool) -> str:
         for name, rates in a["rates"].items():
             rate = median(rates)
             w(f"    {name:<16}{rate:>12,.0f}{1e6 / rate:>10.2f}")
-        w(f"    ylokh sync  = {a['sync_vs_raw']:.2f}x raw requests, {a['sync_vs_sdk']:.1f}x openai sync")
-        w(f"    ylokh async = {a['async_vs_raw']:.2f}x raw aiohttp, {a['async_vs_sdk']:.1f}x openai async")
+        w(
+            f"    ylokh sync  = {a['sync_vs_raw']:.2f}x raw requests, "
+            f"{a['sync_vs_sdk']:.1f}x openai sync"
+        )
+        w(
+            f"    ylokh async = {a['async_vs_raw']:.2f}x raw aiohttp, "
+            f"{a['async_vs_sdk']:.1f}x openai async"
+        )
     b = res.get("b")
     if b:
         w("")
-        w(f"(b) {b['streams']} concurrent async streams x {b['chunks']} chunks, "
-          f"median of {b['rounds']} rounds (fresh process each, {b['batches']} batches)")
+        w(
+            f"(b) {b['streams']} concurrent async streams x {b['chunks']} chunks, "
+            f"median of {b['rounds']} rounds (fresh process each, {b['batches']} batches)"
+        )
         w(f"    {'contender':<16}{'chunks/s':>12}{'peak RSS':>11}{'growth':>9}{'new conns':>11}")
         for name in ("ylokh async", "raw aiohttp", "openai async"):
             x = b[name]
-            w(f"    {name:<16}{x['rate']:>12,.0f}{x['rss_peak_mib']:>8.1f} MiB{x['rss_growth_mib']:>6.1f} MiB"
-              f"{x['connections']:>11.0f}")
-        w(f"    ylokh async = {b['vs_raw']:.2f}x raw aiohttp, {b['vs_sdk']:.1f}x openai async; "
-          f"peak RSS {b['rss_peak_diff_mib']:+.1f} MiB vs raw")
+            w(
+                f"    {name:<16}{x['rate']:>12,.0f}{x['rss_peak_mib']:>8.1f} MiB"
+                f"{x['rss_growth_mib']:>6.1f} MiB"
+                f"{x['connections']:>11.0f}"
+            )
+        w(
+            f"    ylokh async = {b['vs_raw']:.2f}x raw aiohttp, {b['vs_sdk']:.1f}x openai async; "
+            f"peak RSS {b['rss_peak_diff_mib']:+.1f} MiB vs raw"
+        )
     c = res.get("c")
     if c:
         w("")
-        w(f"(c) time to first text delta, warm connection, {c['requests']} requests of {c['chunks']} chunks")
-        w(f"    {'contender':<16}{'median':>10}{'p90':>10}{'vs raw':>9}{'vs SDK':>9}{'conns/20':>10}")
+        w(
+            f"(c) time to first text delta, warm connection, {c['requests']} requests "
+            f"of {c['chunks']} chunks"
+        )
+        w(
+            f"    {'contender':<16}{'median':>10}{'p90':>10}{'vs raw':>9}{'vs SDK':>9}"
+            f"{'conns/20':>10}"
+        )
         for name in BUILDERS:
             x = c[name]
             vs = f"{x['vs_raw']:>8.2f}x{x['vs_sdk']:>8.2f}x" if "vs_raw" in x else " " * 18
-            w(f"    {name:<16}{x['median_us']:>8.0f}us{x['p90_us']:>8.0f}us{vs}{c['connections_per_20'][name]:>10}")
+            w(
+                f"    {name:<16}{x['median_us']:>8.0f}us{x['p90_us']:>8.0f}us{vs}"
+                f"{c['connections_per_20'][name]:>10}"
+            )
     d = res.get("d")
     if d:
         w("")
         w(f"(d) import time in a fresh process, median of {d['rounds']} rounds")
         for name in ("ylokh", "openai", "requests", "aiohttp"):
             w(f"    import {name:<10}{d[name]['median_ms']:>8.1f} ms")
-        w(f"    ylokh = {d['ylokh_vs_openai']:.3f}x openai, {d['ylokh_vs_requests']:.2f}x requests; "
-          f"imports aiohttp: {d['ylokh_imports_aiohttp']}")
+        w(
+            f"    ylokh = {d['ylokh_vs_openai']:.3f}x openai, "
+            f"{d['ylokh_vs_requests']:.2f}x requests; "
+            f"imports aiohttp: {d['ylokh_imports_aiohttp']}"
+        )
     e = res.get("e")
     if e:
         w("")
@@ -390,8 +498,10 @@ def table(res: dict[str, Any], no_orjson: bool) -> str:
         w(f"    json.loads alone             {e['json_loads_us']:6.2f}")
         if "orjson_loads_us" in e:
             w(f"    orjson.loads alone           {e['orjson_loads_us']:6.2f}")
-        w(f"    parser = {e['per_event_vs_json_loads']:.2f}x json.loads, "
-          f"{e['per_event_vs_library_loads']:.2f}x the loads it uses")
+        w(
+            f"    parser = {e['per_event_vs_json_loads']:.2f}x json.loads, "
+            f"{e['per_event_vs_library_loads']:.2f}x the loads it uses"
+        )
     rows = targets(res, no_orjson)
     if rows:
         w("")
@@ -410,8 +520,13 @@ def main(args: argparse.Namespace) -> int:
     rounds = args.rounds or (2 if quick else 7)
     res: dict[str, Any] = {
         "machine": machine(),
-        "config": {"quick": quick, "no_orjson": no_orjson, "pinned": pin, "rounds": rounds,
-                   "argv": sys.argv[1:]},
+        "config": {
+            "quick": quick,
+            "no_orjson": no_orjson,
+            "pinned": pin,
+            "rounds": rounds,
+            "argv": sys.argv[1:],
+        },
     }
     server = ServerProcess(pin)
     runner = Runner()

@@ -14,13 +14,13 @@ import sys
 if os.environ.get("YLOKH_BENCH_NO_ORJSON"):
     sys.modules["orjson"] = None  # type: ignore[assignment]
 
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import time  # noqa: E402
+import asyncio
+import json
+import resource
+import time
 
-from .contenders import BUILDERS  # noqa: E402
-from .server import expected_text  # noqa: E402
+from .contenders import BUILDERS
+from .server import expected_text
 
 
 def _status_kib(field: str) -> int:

@@ -324,5 +324,3 @@ BUILDERS: dict[str, Callable[[str], Contender]] = {
 
 def is_coroutine_fn(contender: Contender) -> bool:
     return contender.face == "async"
-
-

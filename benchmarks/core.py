@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from pathlib import Path
 
 from .server import STREAMS
 
@@ -54,9 +53,7 @@ def run(chunks: int, repeats: int) -> dict[str, float]:
     body = b"".join(events)
     blocks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
     payloads = [e[6:-2] for e in events[:-1]]
-    expected = "".join(
-        json.loads(p)["choices"][0]["delta"].get("content") or "" for p in payloads
-    )
+    expected = "".join(json.loads(p)["choices"][0]["delta"].get("content") or "" for p in payloads)
 
     def parse(pieces: list[bytes]) -> None:
         parser = _protocol.ResponseParser()
@@ -76,16 +73,12 @@ def run(chunks: int, repeats: int) -> dict[str, float]:
         "parser_per_event_us": _best_median(lambda: parse(events), repeats) / n * 1e6,
         "parser_64k_us": _best_median(lambda: parse(blocks), repeats) / n * 1e6,
         "json_loads_us": _best_median(lambda: loads_only(json.loads), repeats) / n * 1e6,
-        "library_loads_us": _best_median(lambda: loads_only(_protocol.loads), repeats)
-        / n
-        * 1e6,
+        "library_loads_us": _best_median(lambda: loads_only(_protocol.loads), repeats) / n * 1e6,
     }
     try:
         import orjson
 
-        out["orjson_loads_us"] = (
-            _best_median(lambda: loads_only(orjson.loads), repeats) / n * 1e6
-        )
+        out["orjson_loads_us"] = _best_median(lambda: loads_only(orjson.loads), repeats) / n * 1e6
     except ImportError:
         pass
     out["uses_orjson"] = float(_protocol.loads is not json.loads)

@@ -101,8 +101,14 @@ def response(n: int) -> bytes:
 
 def _plain(status: bytes, payload: bytes, ctype: bytes = b"application/json") -> bytes:
     return (
-        b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype
-        + b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: "
+        + ctype
+        + b"\r\nContent-Length: "
+        + str(len(payload)).encode()
+        + b"\r\n\r\n"
+        + payload
     )
 
 

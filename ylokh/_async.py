@@ -8,6 +8,7 @@ same policy. This module is imported only when an async API is first used.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -26,7 +27,7 @@ from ._errors import (
     redact,
 )
 from ._protocol import Request, ResponseParser
-from ._retry import async_retrying
+from ._retry import areplay, async_retrying, is_retryable
 
 _Opened = tuple[aiohttp.ClientResponse, ResponseParser, list[str], bool]
 
@@ -123,17 +124,20 @@ class AsyncClient(BaseClient):
     ) -> _Opened:
         timeout = settings.timeout
         total = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-        proxy, proxy_auth = _split_proxy(settings.proxy)
+        proxy, proxy_headers = _split_proxy(settings.proxy)
+        headers = request.headers
+        if proxy_headers and not request.url.startswith("https:"):
+            headers = {**headers, **proxy_headers}  # plain HTTP: the proxy reads the request
         try:
             response = await self.session.post(
                 request.url,
                 data=request.body,
-                headers=request.headers,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(
                     total=total, sock_connect=timeout.connect, sock_read=timeout.read
                 ),
                 proxy=proxy,
-                proxy_auth=proxy_auth,
+                proxy_headers=proxy_headers,
                 ssl=self._ssl_for(settings),
             )
         except Exception as exc:
@@ -173,10 +177,16 @@ class AsyncClient(BaseClient):
         settings = exchange.settings
         deadline = deadline_of(settings)
         exchange.started = time.monotonic()
-        policy = async_retrying(
-            settings.base_url, settings.max_retries, deadline, sleep=self._sleep
-        )
-        opened: _Opened = await policy(self._attempt, exchange.request, settings, deadline)
+        try:
+            opened = await self._attempt(exchange.request, settings, deadline)
+        except YlokhError as exc:
+            if not settings.max_retries or not is_retryable(exc):
+                raise
+            policy = async_retrying(
+                settings.base_url, settings.max_retries, deadline, sleep=self._sleep
+            )
+            attempt = areplay(exc, self._attempt)
+            opened = await policy(attempt, exchange.request, settings, deadline)
         exchange.parser = opened[1]
         exchange.first_byte = time.monotonic()
         return opened
@@ -222,7 +232,15 @@ async def _run(client: AsyncClient, exchange: Exchange) -> AsyncGenerator[str, N
         if not ended:
             readany = response.content.readany
             while parser.pending is None:
-                data = await readany()
+                try:
+                    data = await readany()
+                except (OSError, aiohttp.ClientError, asyncio.TimeoutError):
+                    if not parser.done:
+                        raise
+                    # [DONE] came: the answer is whole even if the body breaks off now
+                    # (an interrupted llama.cpp stream drops the connection right after)
+                    response.close()
+                    data = b""
                 if not data:
                     break
                 for text in parser.feed(data):
@@ -266,8 +284,9 @@ def _connector(settings: Settings) -> aiohttp.BaseConnector:
     return aiohttp.TCPConnector(limit=0)
 
 
-def _split_proxy(proxy: str | None) -> tuple[str | None, aiohttp.BasicAuth | None]:
-    """aiohttp wants proxy credentials apart from the URL; SOCKS goes in the connector."""
+def _split_proxy(proxy: str | None) -> tuple[str | None, dict[str, str] | None]:
+    """aiohttp wants proxy credentials apart from the URL, as a ``Proxy-Authorization``
+    header (``proxy_auth=`` is deprecated); SOCKS goes in the connector."""
     if not proxy or proxy.startswith("socks"):
         return None, None
     from yarl import URL
@@ -275,8 +294,8 @@ def _split_proxy(proxy: str | None) -> tuple[str | None, aiohttp.BasicAuth | Non
     url = URL(proxy)
     if url.user is None:
         return proxy, None
-    auth = aiohttp.BasicAuth(url.user, url.password or "")
-    return str(url.with_user(None)), auth
+    token = base64.b64encode(f"{url.user}:{url.password or ''}".encode()).decode("ascii")
+    return str(url.with_user(None)), {"Proxy-Authorization": f"Basic {token}"}
 
 
 def _map_error(exc: BaseException, request: Request, settings: Settings) -> YlokhError:

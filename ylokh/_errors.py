@@ -147,6 +147,7 @@ _REASONS = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
+    407: "Proxy Authentication Required",
     408: "Request Timeout",
     409: "Conflict",
     422: "Unprocessable Entity",

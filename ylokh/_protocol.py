@@ -395,6 +395,8 @@ class ResponseParser:
 
     def _on_events(self, events: list[Any], final: bool = False) -> list[str]:
         out: list[str] = []
+        append = out.append
+        parts_append = self.parts.append
         data = b""
         try:
             for event in events:
@@ -410,6 +412,24 @@ class ResponseParser:
                     continue
                 if event.event == "error":
                     raise self._stream_error(chunk)
+                # The usual chunk, one choice whose delta holds only text, is read inline:
+                # no Python call per chunk. Any other shape goes to _on_chunk.
+                choices = chunk.get("choices") if type(chunk) is dict else None
+                if type(choices) is list and choices:
+                    choice = choices[0]
+                    delta = choice.get("delta") if type(choice) is dict else None
+                    if type(delta) is dict and len(delta) == 1:
+                        content = delta.get("content")
+                        if content and type(content) is str:
+                            append(content)
+                            parts_append(content)
+                            reason = choice.get("finish_reason")
+                            if reason:
+                                self.finish_reason = reason
+                            usage = chunk.get("usage")
+                            if usage:
+                                self.usage = usage
+                            continue
                 self._on_chunk(chunk, data, out)
         except (AttributeError, TypeError, KeyError, IndexError) as exc:  # a chunk's odd shape
             self._hold(self._chunk_error(f"a chunk has an unexpected shape ({exc})", data), out)

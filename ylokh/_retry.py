@@ -13,13 +13,14 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import tenacity
 
 from ._errors import APIConnectionError, APIStatusError, YlokhError
 
 logger = logging.getLogger("ylokh")
+T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 FIRST_WAIT = 0.5
@@ -62,6 +63,37 @@ class _StopAtDeadline(tenacity.stop.stop_base):
         if self.deadline is None:
             return False
         return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.deadline
+
+
+def replay(error: BaseException, attempt: Callable[..., T]) -> Callable[..., T]:
+    """``attempt``, except that its first call raises ``error``.
+
+    The faces make the first attempt outside tenacity (building a policy costs more than
+    a warm request's whole client overhead) and hand a failure to the policy this way, so
+    the policy decides, waits and counts attempts as if it had made the first one.
+    """
+    pending = [error]
+
+    def call(*args: Any, **kwargs: Any) -> T:
+        if pending:
+            raise pending.pop()
+        return attempt(*args, **kwargs)
+
+    return call
+
+
+def areplay(
+    error: BaseException, attempt: Callable[..., Awaitable[T]]
+) -> Callable[..., Awaitable[T]]:
+    """:func:`replay` for a coroutine function (tenacity awaits only those)."""
+    pending = [error]
+
+    async def call(*args: Any, **kwargs: Any) -> T:
+        if pending:
+            raise pending.pop()
+        return await attempt(*args, **kwargs)
+
+    return call
 
 
 def _log_retry(url: str, max_attempts: int) -> Callable[[tenacity.RetryCallState], None]:

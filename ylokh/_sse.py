@@ -77,11 +77,35 @@ class SSEDecoder:
             self._started = True
             if buf.startswith(_BOM):
                 buf = buf[3:]
+        if not (self._data or self._event or self._split) and len(buf) <= self.max_line_size:
+            return self._blocks(buf)
         lines = buf.split(b"\n")
         self._buf = lines.pop()
         if len(buf) > self.max_line_size:
             self._check_sizes(lines)
         return self._lines(lines)
+
+    def _blocks(self, buf: bytes) -> list[Event]:
+        """``feed`` at an event boundary (the usual case): split whole events on blank
+        lines and take each one-line ``data: `` event as is, with no pass per line and no
+        Python call per event; any other event goes through :meth:`_lines`, followed by
+        the blank line that ended it, which leaves the state at a boundary again."""
+        blocks = buf.split(b"\n\n")
+        lines = blocks.pop().split(b"\n")  # after the last blank line
+        events: list[Event] = []
+        append = events.append
+        new = tuple.__new__  # Event(...) without the Python-level NamedTuple __new__
+        for block in blocks:
+            if block[:6] == b"data: " and b"\n" not in block:
+                append(new(Event, (block[6:], "", self._id, self._retry)))
+            else:
+                more = block.split(b"\n")
+                more.append(b"")
+                events += self._lines(more)
+        self._buf = lines.pop()
+        if lines:
+            events += self._lines(lines)
+        return events
 
     @property
     def pending(self) -> list[bytes]:

@@ -9,6 +9,8 @@ parser. ``requests``/``urllib3`` exceptions become ylokh errors here, once.
 
 from __future__ import annotations
 
+import functools
+import http.client
 import socket
 import time
 import weakref
@@ -29,7 +31,7 @@ from ._errors import (
     redact,
 )
 from ._protocol import Request, ResponseParser
-from ._retry import retrying
+from ._retry import is_retryable, replay, retrying
 
 READ_SIZE = 1 << 16
 _Opened = tuple[requests.Response, ResponseParser, list[str], bool]
@@ -152,8 +154,13 @@ class Client(BaseClient):
         settings = exchange.settings
         deadline = deadline_of(settings)
         exchange.started = time.monotonic()
-        policy = retrying(settings.base_url, settings.max_retries, deadline, sleep=self._sleep)
-        opened: _Opened = policy(self._attempt, exchange.request, settings, deadline)
+        try:
+            opened = self._attempt(exchange.request, settings, deadline)
+        except YlokhError as exc:
+            if not settings.max_retries or not is_retryable(exc):
+                raise
+            policy = retrying(settings.base_url, settings.max_retries, deadline, sleep=self._sleep)
+            opened = policy(replay(exc, self._attempt), exchange.request, settings, deadline)
         exchange.parser = opened[1]
         exchange.first_byte = time.monotonic()
         return opened
@@ -196,13 +203,21 @@ def _run(client: Client, exchange: Exchange) -> Generator[str, None, None]:
         yield from deltas
         if not ended:
             raw = response.raw
-            read1 = raw.read1
+            read = _reader(raw)
             total = settings.timeout.total
             deadline = None if total is None else exchange.started + total
             while parser.pending is None:
                 if deadline is not None:
                     _bound_read(raw, deadline, settings.timeout.read)
-                data = read1(READ_SIZE, decode_content=True)
+                try:
+                    data = read()
+                except (OSError, urllib3.exceptions.HTTPError, requests.RequestException):
+                    if not parser.done:
+                        raise
+                    # [DONE] came: the answer is whole even if the body breaks off now
+                    # (an interrupted llama.cpp stream drops the connection right after)
+                    response.close()
+                    data = b""
                 if not data:
                     break
                 yield from parser.feed(data)
@@ -228,6 +243,109 @@ def _run(client: Client, exchange: Exchange) -> Generator[str, None, None]:
     finally:
         response.close()
         exchange.log_end()
+
+
+def _reader(raw: urllib3.BaseHTTPResponse) -> Callable[[], bytes]:
+    """The read function of the stream loop: whatever the socket has, as soon as it has it.
+
+    A chunked body that needs no decoding (the usual event stream) is read by a
+    :class:`_Dechunker`, many HTTP chunks per read; urllib3's ``read1`` hands over one HTTP
+    chunk (one event, for most servers) per call, at some thirty Python calls each.
+    """
+    fp = getattr(raw, "_fp", None)
+    if (
+        isinstance(fp, http.client.HTTPResponse)
+        and fp.chunked
+        and fp.fp is not None
+        and getattr(raw, "_decoder", True) is None
+        and not len(getattr(raw, "_decoded_buffer", b"?"))
+        and not raw.headers.get("content-encoding")
+    ):
+        return _Dechunker(raw, fp).read
+    return functools.partial(raw.read1, READ_SIZE, decode_content=True)
+
+
+class _Dechunker:
+    """Reads a chunked body from the socket's buffered file and removes the framing in
+    bulk: one ``read1`` of up to :data:`READ_SIZE` bytes gives back the data of every HTTP
+    chunk in it. It takes over wherever ``http.client`` left off (mid-chunk included) and
+    runs under urllib3's own error catcher, so failures, timeouts and the release of the
+    connection at the end are exactly urllib3's.
+    """
+
+    __slots__ = ("_done", "_file", "_left", "_raw", "_response", "_rest", "_trailer")
+
+    def __init__(self, raw: urllib3.BaseHTTPResponse, response: http.client.HTTPResponse):
+        self._raw = raw
+        self._response = response
+        self._file = response.fp
+        left = response.chunk_left
+        self._left = 0 if left is None else left + 2  # data still due, and its CRLF
+        self._rest = b""  # an unfinished chunk-size or trailer line
+        self._trailer = False
+        self._done = False
+
+    def read(self) -> bytes:
+        """The body bytes that arrived (waiting for some); ``b""`` at the end."""
+        if self._done:
+            return b""
+        with self._raw._error_catcher():  # type: ignore[attr-defined]
+            while True:
+                data = self._file.read1(READ_SIZE)
+                if not data:
+                    if not self._trailer:
+                        raise http.client.IncompleteRead(b"")
+                    self._finish()  # as http.client, an end inside the trailer is an end
+                    return b""
+                out = self._decode(data)
+                if out or self._done:
+                    return out
+
+    def _decode(self, data: bytes) -> bytes:
+        if self._rest:
+            data = self._rest + data
+            self._rest = b""
+        out: list[bytes] = []
+        pos = 0
+        end = len(data)
+        left = self._left
+        while pos < end:
+            if left:  # inside a chunk: its data, then its CRLF
+                take = min(left, end - pos)
+                if left > 2:
+                    out.append(data[pos : pos + min(take, left - 2)])
+                left -= take
+                pos += take
+                continue
+            newline = data.find(b"\n", pos)
+            if newline < 0:
+                self._rest = data[pos:]
+                if len(self._rest) > 65536:
+                    raise http.client.LineTooLong("chunk size")
+                break
+            line = data[pos : newline + 1]
+            pos = newline + 1
+            if self._trailer:
+                if line in (b"\r\n", b"\n"):
+                    self._finish()
+                    break
+                continue
+            try:
+                size = int(line.split(b";", 1)[0], 16)
+            except ValueError:
+                raise http.client.IncompleteRead(b"") from None
+            if size < 0:
+                raise http.client.IncompleteRead(b"")
+            if size == 0:
+                self._trailer = True
+            else:
+                left = size + 2
+        self._left = left
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _finish(self) -> None:
+        self._done = True
+        self._response._close_conn()  # type: ignore[attr-defined]  # as http.client does
 
 
 def _remaining(limit: float | None, deadline: float | None) -> float | None:

@@ -56,7 +56,11 @@ class Chat:
         if system is not None:
             self._messages.append({"role": "system", "content": system})
         if messages:
-            self._messages.extend(validate_messages(messages))
+            loaded = validate_messages(messages)
+            if system is not None and loaded[0]["role"] == "system":
+                del loaded[0]  # the system argument replaces a saved one, not adds a second
+            self._messages.extend(loaded)
+            self._trim()  # a loaded history longer than max_turns must not be sent whole
         self._twin: BaseClient | None = None
 
     def __repr__(self) -> str:

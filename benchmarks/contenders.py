@@ -233,7 +233,7 @@ def raw_aiohttp(base_url: str) -> Contender:
 def sdk_sync(base_url: str) -> Contender:
     import openai
 
-    client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0)
+    client = openai.OpenAI(base_url=base_url, api_key="bench", max_retries=0, timeout=600.0)
 
     def consume(n: int) -> str:
         parts = []
@@ -272,7 +272,9 @@ def sdk_async(base_url: str) -> Contender:
     def client() -> Any:
         # the SDK's async client binds to the loop it first runs on
         if "c" not in holder:
-            holder["c"] = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
+            holder["c"] = openai.AsyncOpenAI(
+                base_url=base_url, api_key="bench", max_retries=0, timeout=600.0
+            )
         return holder["c"]
 
     async def consume(n: int) -> str:

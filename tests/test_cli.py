@@ -399,7 +399,7 @@ def test_interactive_ctrl_c_stops_the_answer_not_the_session(tmp_path: Path) -> 
         child = spawn("chat", "--base-url", srv.base_url)
         try:
             child.sendline("a long answer that takes a while to stream")
-            child.expect_exact("a long")
+            child.expect_exact("stream\r\na long")  # the terminal's echo, then the answer
             child.sendintr()
             child.expect_exact("[interrupted")
             child.expect_exact("> ")

@@ -108,7 +108,9 @@ def retried(*error: type[BaseException], **more: Any) -> Expect:
     return fails(*error, requests=3, **more)
 
 
-def breaks(text: str, *error: type[BaseException], cause: type[BaseException] | None = None) -> Expect:
+def breaks(
+    text: str, *error: type[BaseException], cause: type[BaseException] | None = None
+) -> Expect:
     """``text`` reached the caller, then an :class:`IncompleteStreamError` holding it."""
     return Expect(text=text, error=(IncompleteStreamError, *error), partial=text, cause=cause)
 
@@ -147,7 +149,9 @@ MATRIX: tuple[Row, ...] = (
     same(retried(RateLimitError, waits=(1, 1)), "status=429;retry-after=1"),
     same(retried(ServerError, waits=(0.25, 0.25)), "status=503;retry-after-ms=250"),
     same(retried(ServerError, waits=(60, 60)), "status=503;retry-after=3600"),
-    same(retried(ServerError, waits=(0, 0)), "status=503;retry-after=Wed, 21 Oct 2015 07:28:00 GMT"),
+    same(
+        retried(ServerError, waits=(0, 0)), "status=503;retry-after=Wed, 21 Oct 2015 07:28:00 GMT"
+    ),
     # -- a failure, then success
     Row("", Expect(requests=2), Expect(requests=2), script=("status=503", None)),
     Row("", Expect(requests=2), Expect(requests=2), script=("status=429;retry-after=0", None)),
@@ -332,11 +336,11 @@ def test_fault(
     else:
         for n, wait in enumerate(waits, start=1):
             assert 0 <= wait <= min(MAX_WAIT, FIRST_WAIT * 2 ** (n - 1))
-    for record, wait in zip(retries, waits):
+    for record, wait in zip(retries, waits, strict=True):
         assert f"{wait:.2f} s" in record.getMessage()
 
     # every connection ended: answered in full, hung up by the client, or cut by the server
-    for rec, spec in zip(seen, row.specs):
+    for rec, spec in zip(seen, row.specs[: len(seen)], strict=True):
         assert server_cuts(spec) or ended(rec), rec
 
     # the client is still usable and no dirty connection is reused
@@ -436,10 +440,7 @@ def test_a_client_shared_by_8_threads(fault_server: Server) -> None:
                 barrier.wait()
                 for i in range(10):
                     prompt = f"thread {n} call {i}"
-                    if i % 2:
-                        text = client.complete(prompt)
-                    else:
-                        text = "".join(client.stream(prompt))
+                    text = client.complete(prompt) if i % 2 else "".join(client.stream(prompt))
                     with lock:
                         texts.append(text)
                     assert text == prompt

@@ -15,8 +15,10 @@ import ylokh
 from ylokh.notebook import ashow, show
 from ylokh.testing import Server
 
+# Where the ylokh under test lives (the kernel must import the same one) and the notebook,
+# which is in the source tree next to tests/, not in the installed package.
 ROOT = Path(ylokh.__file__).resolve().parent.parent
-NOTEBOOK = ROOT / "examples" / "quickstart.ipynb"
+NOTEBOOK = Path(__file__).resolve().parent.parent / "examples" / "quickstart.ipynb"
 
 
 def _have(*modules: str) -> bool:

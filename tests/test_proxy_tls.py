@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import trustme
 
-import ylokh
 from ylokh import APIConnectionError, APIStatusError, AuthenticationError
 from ylokh.testing import Server
 
@@ -274,9 +273,21 @@ def test_the_cli_never_prints_the_api_key(server: Server) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("YLOKH_")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     result = subprocess.run(
-        [sys.executable, "-m", "ylokh", "chat", "--base-url", server.base_url,
-         "--api-key", API_KEY, "hello"],
-        capture_output=True, text=True, timeout=30, env=env,
+        [
+            sys.executable,
+            "-m",
+            "ylokh",
+            "chat",
+            "--base-url",
+            server.base_url,
+            "--api-key",
+            API_KEY,
+            "hello",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
     )
     assert result.returncode == 1
     assert "401" in result.stderr and API_KEY not in result.stdout + result.stderr

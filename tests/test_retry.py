@@ -70,7 +70,7 @@ def record_sleeps(face: Any, client: Any) -> list[float]:
 # -- pure decisions --------------------------------------------------------------------------
 @pytest.mark.parametrize("status", sorted(RETRY_STATUSES))
 def test_retryable_statuses(status: int) -> None:
-    assert RETRY_STATUSES == {408, 409, 429, 500, 502, 503, 504}
+    assert {408, 409, 429, 500, 502, 503, 504} == RETRY_STATUSES
     assert is_retryable(status_error(status, b"{}"))
 
 

@@ -480,8 +480,10 @@ class ResponseParser:
         """A server that ends events with a single line end sends one endless event of
         ``data:`` lines, dispatched only at the end of the body. When the first of its
         lines is a whole JSON chunk, every line is taken as an event, so deltas stream."""
+        first = self._sse.pending[0]
         try:
-            loads(self._sse.pending[0])
+            if first[:1] != b"{" or type(loads(first)) is not dict:
+                return []
         except _JSONError:
             return []  # a genuine multi-line event
         return self._sse.split_lines()

@@ -29,7 +29,8 @@ MAX_WAIT = 8.0
 
 def is_retryable(error: BaseException) -> bool:
     """Whether a failed attempt may be tried again: connection failures, timeouts and
-    the statuses 408, 409, 429, 500, 502, 503, 504. Nothing else."""
+    the statuses 408, 409, 429, 500, 502, 503, 504 (as statuses, not as error objects
+    inside a 200 answer). Nothing else."""
     if isinstance(error, APIStatusError):
         return error.status_code in RETRY_STATUSES and not error.in_stream
     return isinstance(error, APIConnectionError)

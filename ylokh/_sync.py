@@ -408,12 +408,17 @@ def _is_read_timeout(exc: BaseException) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    # urllib3 nests the useful part (e.g. "Connection refused") several wrappers deep
-    inner: BaseException | None = exc
-    while inner is not None:
+    """The useful part of a requests/urllib3 error, which nests it several wrappers deep
+    (``ConnectionError(MaxRetryError(reason=NewConnectionError(...)))``)."""
+    inner = exc
+    for _ in range(6):
         reason = getattr(inner, "reason", None)
-        if isinstance(reason, BaseException):
-            inner = reason
-            continue
-        break
-    return str(inner or exc) or type(exc).__name__
+        if not isinstance(reason, BaseException) and inner.args:
+            reason = inner.args[0]
+        if not isinstance(reason, BaseException):
+            break
+        inner = reason
+    text = str(inner)
+    if isinstance(inner, urllib3.exceptions.NewConnectionError):
+        text = text.rsplit(": ", 1)[-1]  # drop "<HTTPConnection object at 0x...>: ..."
+    return text or type(inner).__name__

@@ -300,17 +300,20 @@ def _interactive(client: Any, args: argparse.Namespace) -> int:
             if code is not None:
                 return code
             continue
-        stream = chat.stream(line)
+        # A Ctrl-C that lands anywhere in the turn (even before the first byte) ends the
+        # turn, not the session.
+        printed = False
         try:
-            with stream:
+            with chat.stream(line) as stream:
                 for text in stream:
+                    printed = True
                     _write(sys.stdout, text)
         except KeyboardInterrupt:
             interrupted = True
             _notice("\n[interrupted: the answer was not kept]")
             continue
         except YlokhError as exc:
-            if stream.text:
+            if printed:
                 _write(sys.stdout, "\n")
             _notice(f"ylokh: error: {redact(str(exc), _secrets(args))}")
             continue

@@ -8,17 +8,22 @@ What this server really does, and what these tests hold ylokh to:
 - a streamed request whose prompt overflows ``--n_ctx`` gets status 200 and an empty
   event stream (the error is only in the server's log): ylokh must raise ``ProtocolError``,
   not return an empty answer; the same request not streamed is a 400;
-- ``--api_key`` makes it answer 401 to a wrong or missing key.
+- ``--api_key`` makes it answer 401 to a wrong or missing key;
+- a new request interrupts a running stream: ``[DONE]`` without a ``finish_reason``, then
+  the connection drops before the chunked body's end (the answer counts as complete).
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +209,47 @@ def test_pings_on_a_long_stream_are_ignored(
     assert "ping" not in out.text
     assert out.text == out.stream.text
     assert out.stream.finish_reason == "length"
+
+
+def test_stream_interrupted_by_another_request_is_complete(
+    face: Any, llama: LlamaServer, wire: list[tuple[float, bytes]]
+) -> None:
+    """llama.cpp ends a running stream when a new request arrives: ``data: [DONE]`` with
+    no ``finish_reason``, then it drops the connection without ending the chunked body.
+    The answer was announced complete: no error, and no retry."""
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 60
+        while len(wire) < 5 and time.monotonic() < deadline:  # a few deltas in
+            time.sleep(0.01)
+        payload = json.dumps(
+            {"model": MODEL, "messages": [{"role": "user", "content": "Hi."}], "max_tokens": 2}
+        ).encode()
+        request = urllib.request.Request(
+            llama.base_url + "/chat/completions",
+            data=payload,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+
+    thread = threading.Thread(target=interrupt)
+    before = llama.chat_posts()
+    thread.start()
+    try:
+        out = face.stream(
+            "Write a long story about a dragon.", base_url=llama.base_url, max_tokens=400, **FIXED
+        )
+    finally:
+        thread.join()
+    assert out.error is None, out.error
+    assert out.stream.completed
+    assert out.stream.finish_reason is None
+    assert 0 < len(out.deltas) < 400
+    body = b"".join(data for _, data in wire)
+    assert body.rstrip().endswith(b"data: [DONE]")
+    assert b'"finish_reason": "' not in body
+    assert llama.chat_posts() - before == 2  # ours (not retried) and the interrupting one
 
 
 def test_transcript_of_one_streamed_answer(

@@ -183,7 +183,7 @@ class AsyncClient(BaseClient):
             if not settings.max_retries or not is_retryable(exc):
                 raise
             policy = async_retrying(
-                settings.base_url, settings.max_retries, deadline, sleep=self._sleep
+                exchange.request.url, settings.max_retries, deadline, sleep=self._sleep
             )
             attempt = areplay(exc, self._attempt)
             opened = await policy(attempt, exchange.request, settings, deadline)

@@ -159,7 +159,9 @@ class Client(BaseClient):
         except YlokhError as exc:
             if not settings.max_retries or not is_retryable(exc):
                 raise
-            policy = retrying(settings.base_url, settings.max_retries, deadline, sleep=self._sleep)
+            policy = retrying(
+                exchange.request.url, settings.max_retries, deadline, sleep=self._sleep
+            )
             opened = policy(replay(exc, self._attempt), exchange.request, settings, deadline)
         exchange.parser = opened[1]
         exchange.first_byte = time.monotonic()

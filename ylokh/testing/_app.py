@@ -47,7 +47,7 @@ POLL_SECONDS = 0.02
 # Long enough between the two halves of a split write for the client to see two reads.
 SPLIT_PAUSE = 0.005
 # Before an RST, give the kernel a moment to hand the already-written bytes to the client.
-RESET_GRACE = 0.02
+RESET_GRACE = 0.2
 SLOW_PIECE = 8
 UTF8_BOM = b"\xef\xbb\xbf"
 

@@ -34,7 +34,6 @@ from ._errors import (
     ServerError,
     YlokhError,
 )
-from ._sync import Client, Stream
 from ._version import __version__
 from .chat import Chat
 from .provider import Ylokh
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
     from . import notebook
     from ._async import AsyncClient, AsyncStream
     from ._batch import batch
+    from ._sync import Client, Stream
 
 __all__ = [
     "APIConnectionError",
@@ -75,8 +75,10 @@ __all__ = [
     "stream",
 ]
 
-# Names whose modules import aiohttp (or IPython) are loaded on first use.
+# Names whose modules import requests, aiohttp or IPython are loaded on first use.
 _LAZY = {
+    "Client": "._sync",
+    "Stream": "._sync",
     "AsyncClient": "._async",
     "AsyncStream": "._async",
     "batch": "._batch",

@@ -9,7 +9,6 @@ per distinct environment. An async default client is closed when its loop shuts 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import weakref
@@ -17,10 +16,12 @@ from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._base import Completion
-from ._sync import Client, Stream
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the faces are imported on first use: `import ylokh` stays light
+    import asyncio
+
     from ._async import AsyncClient, AsyncStream
+    from ._sync import Client, Stream
 
 _ENV_NAMES = (
     "YLOKH_BASE_URL",
@@ -52,6 +53,8 @@ def _env_key() -> tuple[str | None, ...]:
 
 
 def _default_client() -> Client:
+    from ._sync import Client
+
     key = _env_key()
     clients: dict[tuple[str | None, ...], Client] | None = getattr(_local, "clients", None)
     if clients is None:
@@ -78,6 +81,8 @@ async def _keep_until_loop_closes(
 
 
 def _default_async_client() -> AsyncClient:
+    import asyncio
+
     from ._async import AsyncClient
 
     loop = asyncio.get_running_loop()

@@ -13,9 +13,11 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import tenacity
+if TYPE_CHECKING:
+    import tenacity
+    from tenacity import RetryCallState
 
 from ._errors import APIConnectionError, APIStatusError, YlokhError
 
@@ -44,26 +46,36 @@ def backoff(attempt: int, error: BaseException | None, rand: Callable[[], float]
     return rand() * min(MAX_WAIT, FIRST_WAIT * 2.0 ** (attempt - 1))
 
 
-class _Wait(tenacity.wait.wait_base):
-    def __init__(self, rand: Callable[[], float]) -> None:
+class _Policy:
+    """The stop, wait and retry decisions, as the plain callables tenacity accepts (so
+    tenacity itself is imported only when a first attempt has failed)."""
+
+    def __init__(self, attempts: int, deadline: float | None, rand: Callable[[], float]):
+        self.attempts = attempts
+        self.deadline = deadline
         self.rand = rand
 
-    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None else None
-        return backoff(retry_state.attempt_number, error, self.rand)
+    def stop(self, retry_state: RetryCallState) -> bool:
+        """Stop after ``attempts``, or when the next wait would pass the total deadline."""
+        if retry_state.attempt_number >= self.attempts:
+            return True
+        upcoming = retry_state.upcoming_sleep or 0.0
+        return self.deadline is not None and time.monotonic() + upcoming >= self.deadline
+
+    def wait(self, retry_state: RetryCallState) -> float:
+        """The back-off before the next attempt."""
+        return backoff(retry_state.attempt_number, _error(retry_state), self.rand)
+
+    @staticmethod
+    def retry(retry_state: RetryCallState) -> bool:
+        """Whether the failure of the last attempt may be retried."""
+        error = _error(retry_state)
+        return error is not None and is_retryable(error)
 
 
-class _StopAtDeadline(tenacity.stop.stop_base):
-    """Stop when the next wait would end past the total deadline."""
-
-    def __init__(self, deadline: float | None) -> None:
-        self.deadline = deadline
-
-    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
-        if self.deadline is None:
-            return False
-        return time.monotonic() + (retry_state.upcoming_sleep or 0.0) >= self.deadline
+def _error(retry_state: RetryCallState) -> BaseException | None:
+    outcome = retry_state.outcome
+    return outcome.exception() if outcome is not None and outcome.failed else None
 
 
 def replay(error: BaseException, attempt: Callable[..., T]) -> Callable[..., T]:
@@ -97,10 +109,9 @@ def areplay(
     return call
 
 
-def _log_retry(url: str, max_attempts: int) -> Callable[[tenacity.RetryCallState], None]:
-    def log(retry_state: tenacity.RetryCallState) -> None:
-        outcome = retry_state.outcome
-        error = outcome.exception() if outcome is not None else None
+def _log_retry(url: str, max_attempts: int) -> Callable[[RetryCallState], None]:
+    def log(retry_state: RetryCallState) -> None:
+        error = _error(retry_state)
         logger.warning(
             "retrying POST %s in %.2f s (attempt %d of %d) after: %s",
             url,
@@ -116,12 +127,12 @@ def _log_retry(url: str, max_attempts: int) -> Callable[[tenacity.RetryCallState
 def _policy(
     url: str, max_retries: int, deadline: float | None, rand: Callable[[], float]
 ) -> dict[str, Any]:
-    attempts = max_retries + 1
+    policy = _Policy(max_retries + 1, deadline, rand)
     return {
-        "stop": tenacity.stop_after_attempt(attempts) | _StopAtDeadline(deadline),
-        "wait": _Wait(rand),
-        "retry": tenacity.retry_if_exception(is_retryable),
-        "before_sleep": _log_retry(url, attempts),
+        "stop": policy.stop,
+        "wait": policy.wait,
+        "retry": policy.retry,
+        "before_sleep": _log_retry(url, policy.attempts),
         "reraise": True,
     }
 
@@ -135,6 +146,8 @@ def retrying(
     rand: Callable[[], float] = random.random,
 ) -> tenacity.Retrying:
     """The policy for blocking code; ``sleep`` may be injected (tests record waits)."""
+    import tenacity
+
     return tenacity.Retrying(sleep=sleep or time.sleep, **_policy(url, max_retries, deadline, rand))
 
 
@@ -147,6 +160,8 @@ def async_retrying(
     rand: Callable[[], float] = random.random,
 ) -> tenacity.AsyncRetrying:
     """The same policy for asyncio code."""
+    import tenacity
+
     if sleep is None:
         return tenacity.AsyncRetrying(**_policy(url, max_retries, deadline, rand))
     return tenacity.AsyncRetrying(sleep=sleep, **_policy(url, max_retries, deadline, rand))

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 from ._base import BaseClient, Completion, Exchange
 from ._errors import InvalidRequestError
 from ._protocol import validate_messages
-from ._sync import Client, Stream
 
 if TYPE_CHECKING:
     from ._async import AsyncClient, AsyncStream
+    from ._sync import Client, Stream
 
 
 class Chat:
@@ -141,6 +141,7 @@ class Chat:
 
     def _sync_client(self) -> Client:
         from ._api import _default_client
+        from ._sync import Client
 
         if self.client is None:
             return _default_client()

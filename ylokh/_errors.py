@@ -81,8 +81,13 @@ class APIStatusError(APIError):
         status_code: int,
         body: str = "",
         retry_after: float | None = None,
+        in_stream: bool = False,
     ) -> None:
-        super().__init__(f"{status_code} {_reason(status_code)}: {message}")
+        if in_stream:
+            super().__init__(f"the server sent an error in its answer: {message}")
+        else:
+            super().__init__(f"{status_code} {_reason(status_code)}: {message}")
+        self.in_stream = in_stream
         self.status_code = status_code
         self.message = message
         self.body = body
@@ -131,6 +136,28 @@ class IncompleteStreamError(YlokhError):
     def __init__(self, message: str, partial: str = "") -> None:
         super().__init__(message)
         self.partial = partial
+
+
+_WITH_PARTIAL: dict[type[YlokhError], type[YlokhError]] = {}
+
+
+def with_partial(error: YlokhError, partial: str) -> YlokhError:
+    """``error``, met after ``partial`` text reached the caller, as an error that is both
+    what happened (``APITimeoutError``, ``ServerError``, ``ProtocolError``...) and an
+    :class:`IncompleteStreamError` holding the text: ``except`` either one catches it."""
+    if isinstance(error, IncompleteStreamError):
+        return error
+    base = type(error)
+    cls = _WITH_PARTIAL.get(base)
+    if cls is None:
+        name = "Incomplete" + base.__name__.removeprefix("API")
+        cls = type(name, (base, IncompleteStreamError), {"__module__": "ylokh"})
+        _WITH_PARTIAL[base] = cls
+    both = cls.__new__(cls)  # a copy of error's state; the class __init__s differ
+    both.__dict__.update(error.__dict__)
+    both.args = (f"the stream broke off after text was received: {error}",)
+    both.partial = partial  # type: ignore[attr-defined]
+    return both
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
@@ -232,6 +259,7 @@ def status_error(
     *,
     secrets: Iterable[str] = (),
     retry_after: float | None = None,
+    in_stream: bool = False,
 ) -> APIStatusError:
     """Build the right :class:`APIStatusError` subclass for an HTTP error answer."""
     secrets = tuple(secrets)
@@ -243,4 +271,5 @@ def status_error(
         status_code=status,
         body=redact(raw[: QUOTE_LIMIT * 4], secrets),
         retry_after=retry_after,
+        in_stream=in_stream,
     )

@@ -20,7 +20,6 @@ from typing import Any
 
 from ._config import DEFAULT_MODEL, Settings
 from ._errors import (
-    APIStatusError,
     IncompleteStreamError,
     InvalidRequestError,
     ProtocolError,
@@ -29,6 +28,7 @@ from ._errors import (
     redact,
     status_error,
     status_error_class,
+    with_partial,
 )
 from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder
 from ._version import __version__ as _version
@@ -353,11 +353,7 @@ class ResponseParser:
     def fail(self, error: YlokhError) -> YlokhError:
         """The error to raise when the body broke off with ``error``: the error itself,
         or an :class:`IncompleteStreamError` holding the text when text was yielded."""
-        if not self.yielded or isinstance(error, IncompleteStreamError):
-            return error
-        if isinstance(error, ProtocolError):  # both, as for an error object after text
-            return incomplete_protocol(error, self.text)
-        return incomplete(f"the stream broke off after text was received: {error}", self.text)
+        return with_partial(error, self.text) if self.yielded else error
 
     # -- internals -------------------------------------------------------------------------
     def _keep(self, data: bytes) -> list[str]:
@@ -520,11 +516,9 @@ class ResponseParser:
         error = chunk.get("error", chunk)
         code = error.get("code") if isinstance(error, dict) else None
         status = code if type(code) is int and 400 <= code <= 599 else 500
-        exc = status_error(status, dumps(chunk), secrets=self.secrets)
-        exc.in_stream = True  # the server accepted the request: not retried
-        if self.yielded:
-            return incomplete_status(exc, self.text)
-        return exc
+        # in_stream: the server accepted the request, so this is not retried
+        exc = status_error(status, dumps(chunk), secrets=self.secrets, in_stream=True)
+        return with_partial(exc, self.text) if self.yielded else exc
 
     def _merge_tool_calls(self, calls: Iterable[Any]) -> None:
         for call in calls:
@@ -571,43 +565,6 @@ class ResponseParser:
 def incomplete(message: str, partial: str) -> IncompleteStreamError:
     """An :class:`IncompleteStreamError` holding the text received so far."""
     return IncompleteStreamError(message, partial)
-
-
-_BOTH: dict[type[APIStatusError], type[APIStatusError]] = {}
-
-
-def incomplete_status(error: APIStatusError, partial: str) -> APIStatusError:
-    """An error object that arrived mid-stream after text: it is both the status error
-    the server meant (``ServerError``...) and an :class:`IncompleteStreamError`."""
-    base = type(error)
-    cls = _BOTH.get(base)
-    if cls is None:
-        cls = type(f"Incomplete{base.__name__}", (base, IncompleteStreamError), {})
-        cls.__module__ = "ylokh"
-        _BOTH[base] = cls
-    both = cls(
-        error.message,
-        status_code=error.status_code,
-        body=error.body,
-        retry_after=error.retry_after,
-    )
-    both.partial = partial  # type: ignore[attr-defined]
-    both.in_stream = error.in_stream
-    return both
-
-
-class IncompleteProtocolError(ProtocolError, IncompleteStreamError):
-    """A protocol error after text: both a :class:`ProtocolError` and an
-    :class:`IncompleteStreamError` holding the text received."""
-
-    __module__ = "ylokh"
-
-
-def incomplete_protocol(error: ProtocolError, partial: str) -> IncompleteProtocolError:
-    """The :class:`IncompleteProtocolError` for ``error`` met after ``partial``."""
-    return IncompleteProtocolError(
-        f"the stream broke off after text was received: {error}", partial
-    )
 
 
 __all__ = [

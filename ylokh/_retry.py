@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import tenacity
     from tenacity import RetryCallState
 
-from ._errors import APIConnectionError, APIStatusError, YlokhError
+from ._errors import APIConnectionError, APIStatusError, IncompleteStreamError, YlokhError
 
 logger = logging.getLogger("ylokh")
 T = TypeVar("T")
@@ -33,6 +33,8 @@ def is_retryable(error: BaseException) -> bool:
     """Whether a failed attempt may be tried again: connection failures, timeouts and
     the statuses 408, 409, 429, 500, 502, 503, 504 (as statuses, not as error objects
     inside a 200 answer). Nothing else."""
+    if isinstance(error, IncompleteStreamError):
+        return False  # text reached the caller: a retry would repeat it
     if isinstance(error, APIStatusError):
         return error.status_code in RETRY_STATUSES and not error.in_stream
     return isinstance(error, APIConnectionError)

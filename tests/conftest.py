@@ -75,6 +75,11 @@ class Face:
     def complete(self, prompt: Any, *, client: Any = None, **options: Any) -> Outcome:
         raise NotImplementedError
 
+    def leave_loop(self, prompt: Any, how: str, **options: Any) -> Any:
+        """Iterate a stream the caller keeps holding, leave the loop after the first delta
+        (``how``: "break" or "raise"), and return the stream, still referenced."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -117,6 +122,17 @@ class SyncFace(Face):
         except ylokh.YlokhError as exc:
             out.error = exc
         return out
+
+    def leave_loop(self, prompt: Any, how: str, **options: Any) -> Any:
+        held = ylokh.stream(prompt, **options)
+        try:
+            for _ in held:
+                if how == "raise":
+                    raise LookupError
+                break
+        except LookupError:
+            pass
+        return held
 
     def close(self) -> None:
         for client in self._clients:
@@ -177,6 +193,20 @@ class AsyncFace(Face):
 
         self.run(go())
         return out
+
+    def leave_loop(self, prompt: Any, how: str, **options: Any) -> Any:
+        async def go() -> Any:
+            held = ylokh.astream(prompt, **options)
+            try:
+                async for _ in held:
+                    if how == "raise":
+                        raise LookupError
+                    break
+            except LookupError:
+                pass
+            return held
+
+        return self.run(go())
 
     def close(self) -> None:
         for client in self._clients:

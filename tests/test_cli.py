@@ -169,13 +169,14 @@ def test_chat_no_stream(server: Server) -> None:
 
 # -- errors and exit codes -------------------------------------------------------------------
 def test_api_error_is_one_line_and_exit_1() -> None:
-    with Server(fault="status=500") as srv:
-        done = run("chat", "--base-url", srv.base_url, "hi", YLOKH_MAX_RETRIES="0")
+    with Server(fault="status=503;retry-after-ms=5") as srv:
+        done = run("chat", "--base-url", srv.base_url, "hi")
+        assert len(srv.requests) == 3  # retried twice, quietly
     assert done.returncode == 1
     assert done.stdout == ""
-    assert done.stderr.count("\n") == 1
+    assert done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("ylokh: error: ")
-    assert "500" in done.stderr
+    assert "503" in done.stderr
     assert "Traceback" not in done.stderr
 
 

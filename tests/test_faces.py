@@ -272,3 +272,15 @@ def test_break_without_a_context_manager_closes_the_response(server: Server) -> 
 
     asyncio.run(main())
     assert server.requests[1].disconnected.wait(5)
+
+
+@pytest.mark.parametrize("how", ["break", "raise"])
+def test_leaving_a_loop_closes_the_response_while_the_stream_is_held(
+    face: Face, server: Server, how: str
+) -> None:
+    held = face.leave_loop(
+        "a b c d e f g h", how, base_url=server.base_url, ylokh_fault="delay=0.05"
+    )
+    assert held.text == "a "
+    assert server.requests[0].disconnected.wait(5), "the response stayed open"
+    assert not server.requests[0].completed

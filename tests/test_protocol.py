@@ -285,3 +285,16 @@ def test_retry_after_forms() -> None:
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
     date = format_datetime(now + timedelta(seconds=30), usegmt=True)
     assert parse_retry_after({"retry-after": date}, now=now.timestamp()) == pytest.approx(30)
+
+
+def test_vllm_style_error_object_in_the_stream() -> None:
+    body = b'data: {"object": "error", "message": "vllm style failure", "code": 400}\n\n'
+    with pytest.raises(ylokh.BadRequestError, match="vllm style failure") as info:
+        parse(body)
+    assert info.value.in_stream and "in its answer" in str(info.value)
+
+
+def test_event_stream_labelled_as_json() -> None:
+    body = chunk("a") + chunk("b", "stop") + b"data: [DONE]\n\n"
+    out, parser = parse(body, headers={"content-type": "application/json"})
+    assert out == ["a", "b"] and parser.finish_reason == "stop"

@@ -206,7 +206,7 @@ class AsyncStream(BaseStream):
         self._iterator = _run(client, self._exchange)
 
     def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterator
+        return _Loop(self._iterator, self._exchange)
 
     def __anext__(self) -> Awaitable[str]:
         return self._iterator.__anext__()
@@ -222,9 +222,34 @@ class AsyncStream(BaseStream):
         await self._iterator.aclose()
 
 
+class _Loop:
+    """One ``async for`` loop over a stream. An async generator cannot be closed
+    synchronously, so when a loop left early (``break``, an exception) drops this object,
+    it closes the HTTP response itself (aiohttp's ``close`` is synchronous): at once, even
+    while the caller still holds the stream."""
+
+    __slots__ = ("_exchange", "_next")
+
+    def __init__(self, iterator: AsyncGenerator[str, None], exchange: Exchange) -> None:
+        self._next = iterator.__anext__
+        self._exchange = exchange
+
+    def __aiter__(self) -> _Loop:
+        return self
+
+    def __anext__(self) -> Awaitable[str]:
+        return self._next()
+
+    def __del__(self) -> None:
+        close = self._exchange.close
+        if close is not None:
+            close()
+
+
 async def _run(client: AsyncClient, exchange: Exchange) -> AsyncGenerator[str, None]:
     """Read one answer: open it (retried), then hand out deltas as bytes arrive."""
     response, parser, deltas, ended = await client._open(exchange)
+    exchange.close = response.close
     settings = exchange.settings
     try:
         for text in deltas:

@@ -107,6 +107,7 @@ class Exchange:
     """
 
     __slots__ = (
+        "close",
         "completed",
         "first_byte",
         "on_complete",
@@ -124,6 +125,7 @@ class Exchange:
         self.first_byte = 0.0  # when the accepted attempt had read its first bytes
         self.on_complete: list[Callable[[Exchange], None]] = []
         self.completed = False
+        self.close: Callable[[], None] | None = None  # closes the response, once opened
 
     @property
     def text(self) -> str:

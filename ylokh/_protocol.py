@@ -314,6 +314,8 @@ class ResponseParser:
         self._received += len(data)
         if self.mode is Mode.SNIFF:
             self.mode = self._sniff(data)
+        elif self.mode is Mode.JSON and not self._body and data.lstrip()[:5] == b"data:":
+            self.mode = Mode.EVENTS  # an event stream labelled as JSON
         if self.mode is Mode.EVENTS:
             events = self._sse.feed(data)
             if not self.chunks and not events and len(self._sse.pending) > 1:
@@ -446,7 +448,7 @@ class ResponseParser:
         choices = chunk.get("choices")
         if choices:
             self._on_choice(choices[0], out)
-        elif "error" in chunk:
+        elif "error" in chunk or chunk.get("object") == "error":  # OpenAI's, vLLM's
             raise self._stream_error(chunk)
         usage = chunk.get("usage")
         if usage:
@@ -549,7 +551,7 @@ class ResponseParser:
             raise self._protocol_error("the completion is not valid JSON") from None
         if type(obj) is not dict:
             raise self._protocol_error("the completion is not a JSON object")
-        if "error" in obj:
+        if "error" in obj or obj.get("object") == "error":
             raise self._stream_error(obj)
         choices = obj.get("choices")
         if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):

@@ -116,6 +116,9 @@ class Client(BaseClient):
         timeout = settings.timeout
         read = _remaining(timeout.read, deadline)
         proxy = settings.proxy
+        if settings.verify is False:
+            # the caller turned verification off on purpose: urllib3 need not warn per request
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         try:
             response = self.session.post(
                 request.url,
@@ -127,13 +130,13 @@ class Client(BaseClient):
                 verify=settings.verify,
             )
         except Exception as exc:
-            raise _map_error(exc, request, settings) from exc
+            raise _map_error(exc, request, settings, deadline) from exc
         parser = ResponseParser(request.secrets)
         try:
             parser.start(response.status_code, response.headers)
             raw = response.raw
             if parser.buffered:
-                parser.feed(raw.read(parser.body_limit + 1, decode_content=True))
+                parser.feed(_read_body(raw, parser.body_limit + 1, deadline, timeout.read))
                 deltas = parser.close()
                 _release(response)
                 return response, parser, deltas, True
@@ -148,7 +151,7 @@ class Client(BaseClient):
             raise
         except Exception as exc:
             response.close()
-            raise _map_error(exc, request, settings) from exc
+            raise _map_error(exc, request, settings, deadline) from exc
 
     def _open(self, exchange: Exchange) -> _Opened:
         settings = exchange.settings
@@ -181,7 +184,7 @@ class Stream(BaseStream):
         self._iterator = _run(client, self._exchange)
 
     def __iter__(self) -> Iterator[str]:
-        return self._iterator
+        return _loop(self._iterator)
 
     def __next__(self) -> str:
         return next(self._iterator)
@@ -195,6 +198,13 @@ class Stream(BaseStream):
     def close(self) -> None:
         """Stop reading and close the HTTP response (idempotent)."""
         self._iterator.close()
+
+
+def _loop(iterator: Generator[str, None, None]) -> Generator[str, None, None]:
+    """One ``for`` loop over a stream. A loop left early (``break``, an exception) drops
+    this generator, and ``yield from`` then closes the stream's own generator, which
+    closes the response at once, even while the caller still holds the stream."""
+    yield from iterator
 
 
 def _run(client: Client, exchange: Exchange) -> Generator[str, None, None]:
@@ -237,7 +247,9 @@ def _run(client: Client, exchange: Exchange) -> Generator[str, None, None]:
             raise
         raise error from exc
     except (OSError, urllib3.exceptions.HTTPError, requests.RequestException) as exc:
-        error = _map_error(exc, exchange.request, settings)
+        total = settings.timeout.total
+        deadline = None if total is None else exchange.started + total
+        error = _map_error(exc, exchange.request, settings, deadline)
         if parser.yielded:  # the cause of the IncompleteStreamError is the ylokh error
             error.__cause__ = exc
             raise parser.fail(error) from error
@@ -357,11 +369,28 @@ def _remaining(limit: float | None, deadline: float | None) -> float | None:
     return left if limit is None else min(limit, left)
 
 
+def _read_body(
+    raw: urllib3.BaseHTTPResponse, limit: int, deadline: float | None, read: float | None
+) -> bytes:
+    """A whole (bounded) body, each read within the total deadline."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        if deadline is not None:
+            _bound_read(raw, deadline, read)
+        data = raw.read1(min(READ_SIZE, limit - size), decode_content=True)
+        if not data:
+            break
+        parts.append(data)
+        size += len(data)
+    return b"".join(parts)
+
+
 def _bound_read(raw: urllib3.BaseHTTPResponse, deadline: float, read: float | None) -> None:
     """Shorten the socket timeout so the next read cannot run past the total deadline."""
     left = deadline - time.monotonic()
     if left <= 0:
-        raise APITimeoutError("the total timeout expired while reading the stream")
+        raise APITimeoutError("the call ran past its total timeout while reading the stream")
     if read is None or left < read:
         sock = getattr(raw.connection, "sock", None)
         if isinstance(sock, socket.socket):
@@ -373,13 +402,21 @@ def _release(response: requests.Response) -> None:
     response.raw.release_conn()
 
 
-def _map_error(exc: BaseException, request: Request, settings: Settings) -> YlokhError:
-    """The ylokh error for a ``requests``/``urllib3``/socket exception (secrets removed)."""
+def _map_error(
+    exc: BaseException, request: Request, settings: Settings, deadline: float | None = None
+) -> YlokhError:
+    """The ylokh error for a ``requests``/``urllib3``/socket exception (secrets removed).
+    ``deadline`` tells a socket timeout shortened to meet ``Timeout.total`` from its own."""
     if isinstance(exc, YlokhError):
         return exc
     url = request.url
     detail = redact(_describe(exc), request.secrets)
     timeout = settings.timeout
+    timed_out = _is_read_timeout(exc) or isinstance(
+        exc, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout)
+    )
+    if timed_out and deadline is not None and time.monotonic() >= deadline - 0.01:
+        return APITimeoutError(f"the call to {url} ran past its total timeout ({timeout.total} s)")
     if isinstance(exc, requests.ConnectTimeout):
         return APITimeoutError(
             f"timed out connecting to {url} (connect timeout {timeout.connect} s)"

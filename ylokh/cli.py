@@ -484,8 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("ylokh: %(levelname)s: %(message)s"))
     _logger.addHandler(handler)
     level = _logger.level
-    # Retries are worth a line on stderr (WARNING) even without --debug.
-    _logger.setLevel(logging.DEBUG if args.debug else logging.WARNING)
+    # An error is one line on stderr; retry warnings and request logs need --debug.
+    _logger.setLevel(logging.DEBUG if args.debug else logging.ERROR)
     try:
         return _COMMANDS[args.command](args)
     except UsageError as exc:

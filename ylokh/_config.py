@@ -95,6 +95,10 @@ class Settings:
     proxy: str | None = field(repr=False)  # may hold a password
     headers: Mapping[str, str] = field(repr=False)
     verify: bool | str = True
+    # what requests derive from the settings, made once (settings are resolved per client)
+    derived: dict[object, object] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def chat_url(self) -> str:
@@ -104,6 +108,12 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Strings that must never appear in a message, repr or log line."""
+        found = self.derived.get("secrets")
+        if found is None:
+            found = self.derived["secrets"] = self._secrets()
+        return found  # type: ignore[return-value]
+
+    def _secrets(self) -> tuple[str, ...]:
         found = [self.api_key or ""]
         if self.proxy:
             parts = urllib.parse.urlsplit(self.proxy)

@@ -139,7 +139,16 @@ def resolve_model(model: str | None, env: Mapping[str, str]) -> str:
 
 
 def build_headers(settings: Settings, *, stream: bool, seed: bool = False) -> dict[str, str]:
-    """The request headers: JSON in, an event stream (or JSON) out, the key when set."""
+    """The request headers: JSON in, an event stream (or JSON) out, the key when set.
+    Made once per settings and kind of request; callers must not change the dict."""
+    key = ("headers", stream, seed)
+    headers = settings.derived.get(key)
+    if headers is None:
+        headers = settings.derived[key] = _headers(settings, stream, seed)
+    return headers  # type: ignore[return-value]
+
+
+def _headers(settings: Settings, stream: bool, seed: bool) -> dict[str, str]:
     headers = {
         "Content-Type": "application/json",
         "Accept": "text/event-stream" if stream else "application/json",

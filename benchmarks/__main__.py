@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 
 
@@ -230,8 +231,13 @@ def scenario_c(server: ServerProcess, runner: Runner, requests: int, chunks: int
         dt, text = runner.call(c, "first", chunks)
         _check(c.name, text, chunks)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(requests):
-        order = contenders[i % len(contenders) :] + contenders[: i % len(contenders)]
+    shuffle = random.Random(1234).shuffle
+    for _ in range(requests):
+        # A fresh order each round: a fixed cyclic order gives each contender the same
+        # predecessor, and those that close their connection (raw requests, the sync SDK)
+        # leave the server busy with it when the next request arrives.
+        order = list(contenders)
+        shuffle(order)
         for c in order:
             dt, text = runner.call(c, "first", chunks)
             times[c.name].append(dt)

@@ -26,7 +26,7 @@ from ._errors import (
     YlokhError,
     redact,
 )
-from ._protocol import Request, ResponseParser
+from ._protocol import FIRST_READ_SIZE, Request, ResponseParser
 from ._retry import areplay, async_retrying, is_retryable
 
 _Opened = tuple[aiohttp.ClientResponse, ResponseParser, list[str], bool]
@@ -158,7 +158,7 @@ class AsyncClient(BaseClient):
                 deltas = parser.close()
                 response.release()
                 return response, parser, deltas, True
-            first = await content.readany()
+            first = await content.read(FIRST_READ_SIZE)  # waits for some, not for all
             if not first:
                 deltas = parser.close()
                 response.release()

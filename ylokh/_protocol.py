@@ -66,6 +66,10 @@ SEED_DEFAULTS: Mapping[str, Any] = {
 MAX_ERROR_BODY = 64 * 1024
 MAX_JSON_BODY = 64 * 1024 * 1024
 RETRY_AFTER_CAP = 60.0
+# The first read of a body asks for at most this much: a read can hold many events (a
+# proxy that buffers, a fast server), and the first delta should reach the caller before
+# the others are even read; the reads after it take whatever has arrived.
+FIRST_READ_SIZE = 1024
 
 
 Messages = list[dict[str, Any]]

@@ -30,7 +30,7 @@ from ._errors import (
     YlokhError,
     redact,
 )
-from ._protocol import Request, ResponseParser
+from ._protocol import FIRST_READ_SIZE, Request, ResponseParser
 from ._retry import is_retryable, replay, retrying
 
 READ_SIZE = 1 << 16
@@ -140,7 +140,7 @@ class Client(BaseClient):
                 deltas = parser.close()
                 _release(response)
                 return response, parser, deltas, True
-            first = raw.read1(READ_SIZE, decode_content=True)
+            first = raw.read1(FIRST_READ_SIZE, decode_content=True)
             if not first:
                 deltas = parser.close()
                 _release(response)

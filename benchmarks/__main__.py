@@ -30,7 +30,9 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-orjson", action="store_true", help="hide orjson: measure the json fallback"
     )
     parser.add_argument(
-        "--scenarios", default="abcde", help="which scenarios to run (default: abcde)"
+        "--scenarios",
+        default="abcde",
+        help="which scenarios to run: letters, e.g. ac (default: abcde)",
     )
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 7, quick 2)")
     parser.add_argument("--output", help="JSON output (default benchmarks/results/latest.json)")
@@ -537,7 +539,7 @@ def main(args: argparse.Namespace) -> int:
     server = ServerProcess(pin)
     runner = Runner()
     try:
-        for s in args.scenarios:
+        for s in args.scenarios.replace(",", "").lower():
             t0 = time.perf_counter()
             print(f"scenario {s}...", file=sys.stderr, flush=True)
             if s == "a":

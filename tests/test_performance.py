@@ -56,9 +56,13 @@ _JSON_DIR = str(Path(json.__file__).parent)
 
 
 def _in_json(frame: Any) -> bool:
-    """Whether a frame is the stdlib ``json`` package's: without the ``fast`` extra, JSON
-    is decoded by it, at a few Python calls per chunk that are not ylokh's to save."""
-    return frame.f_code.co_filename.startswith(_JSON_DIR)
+    """Whether a frame decodes JSON with the stdlib: without the ``fast`` extra that costs
+    a call or two per chunk (ylokh's ``loads`` and, rarely, the ``json`` package's), which
+    are not what these guards watch."""
+    code = frame.f_code
+    return code.co_filename.startswith(_JSON_DIR) or (
+        code.co_name == "loads" and code.co_filename.endswith("_protocol.py")
+    )
 
 
 def _count_calls(fn: Callable[[], Any]) -> tuple[int, Any]:

@@ -75,6 +75,19 @@ class Face:
     def complete(self, prompt: Any, *, client: Any = None, **options: Any) -> Outcome:
         raise NotImplementedError
 
+    def record_sleeps(self, client: Any) -> list[float]:
+        """Make ``client`` record its back-off waits instead of sleeping."""
+        waits: list[float] = []
+        if self.name == "sync":
+            client._sleep = waits.append
+        else:
+
+            async def sleep(seconds: float) -> None:
+                waits.append(seconds)
+
+            client._sleep = sleep
+        return waits
+
     def leave_loop(self, prompt: Any, how: str, **options: Any) -> Any:
         """Iterate a stream the caller keeps holding, leave the loop after the first delta
         (``how``: "break" or "raise"), and return the stream, still referenced."""

@@ -256,20 +256,6 @@ def fault_server() -> Iterator[Server]:
         yield srv
 
 
-def record_sleeps(face: Any, client: Any) -> list[float]:
-    """Make ``client`` record its back-off waits instead of sleeping."""
-    waits: list[float] = []
-    if face.name == "sync":
-        client._sleep = waits.append
-    else:
-
-        async def sleep(seconds: float) -> None:
-            waits.append(seconds)
-
-        client._sleep = sleep
-    return waits
-
-
 def call(face: Any, mode: str, client: Any) -> tuple[str, BaseException | None]:
     """Run one call; return the text the caller received and the error."""
     out = getattr(face, mode)(PROMPT, client=client)
@@ -305,7 +291,7 @@ def test_fault(
     srv.reset()
     srv.script(row.specs)
     client = face.client(base_url=srv.base_url, timeout=FAST, max_retries=2)
-    waits = record_sleeps(face, client)
+    waits = face.record_sleeps(client)
 
     with caplog.at_level(logging.WARNING, logger="ylokh"):
         text, error = call(face, mode, client)

@@ -54,19 +54,6 @@ def server(srv: Server) -> Server:
     return srv
 
 
-def record_sleeps(face: Any, client: Any) -> list[float]:
-    waits: list[float] = []
-    if face.name == "sync":
-        client._sleep = waits.append
-    else:
-
-        async def sleep(seconds: float) -> None:
-            waits.append(seconds)
-
-        client._sleep = sleep
-    return waits
-
-
 # -- pure decisions --------------------------------------------------------------------------
 @pytest.mark.parametrize("status", sorted(RETRY_STATUSES))
 def test_retryable_statuses(status: int) -> None:
@@ -226,7 +213,7 @@ def test_max_retries_bounds_the_requests(
 ) -> None:
     server.script(["status=503"] * 6)
     client = face.client(base_url=server.base_url, max_retries=max_retries)
-    waits = record_sleeps(face, client)
+    waits = face.record_sleeps(client)
     out = face.stream("hi", client=client)
     assert isinstance(out.error, ServerError)
     assert len(server.requests) == requests and len(waits) == requests - 1
@@ -247,7 +234,7 @@ def test_default_is_two_retries_then_success(
 ) -> None:
     server.script(["status=503", "reset", None])
     client = face.client(base_url=server.base_url)
-    waits = record_sleeps(face, client)
+    waits = face.record_sleeps(client)
     with caplog.at_level(logging.WARNING, logger="ylokh"):
         out = face.stream("hello there", client=client)
     assert out.error is None and out.text == "hello there"
@@ -314,7 +301,7 @@ def test_read_timeout_is_per_read_not_for_the_whole_answer(face: Any, server: Se
 def test_read_timeout_before_the_body_is_retried(face: Any, server: Server) -> None:
     server.script(["stall=10", "stall=10", None])
     client = face.client(base_url=server.base_url, timeout=0.2)
-    waits = record_sleeps(face, client)
+    waits = face.record_sleeps(client)
     out = face.complete("hi", client=client)
     assert out.error is None and out.result == "hi"
     assert len(server.requests) == 3 and len(waits) == 2
@@ -324,7 +311,7 @@ def test_total_bounds_the_whole_call_with_retries(face: Any, server: Server) -> 
     server.script(["stall=10"] * 6)
     timeout = Timeout(connect=1, read=0.3, total=0.5)
     client = face.client(base_url=server.base_url, timeout=timeout, max_retries=5)
-    record_sleeps(face, client)
+    face.record_sleeps(client)
     started = time.monotonic()
     out = face.stream("hi", client=client)
     elapsed = time.monotonic() - started
@@ -348,7 +335,7 @@ def test_total_cuts_a_slow_stream_after_text(face: Any, server: Server) -> None:
 def test_total_does_not_wait_for_a_retry_after_past_it(face: Any, server: Server) -> None:
     server.script(["status=503;retry-after=30", None])
     client = face.client(base_url=server.base_url, timeout=Timeout(total=2))
-    waits = record_sleeps(face, client)
+    waits = face.record_sleeps(client)
     out = face.complete("hi", client=client)
     assert isinstance(out.error, ServerError) and waits == []
     assert len(server.requests) == 1
@@ -378,7 +365,7 @@ def test_connect_timeout(face: Any, unresponsive_port: int) -> None:
     timeout = Timeout(connect=0.3, read=5)
     base_url = f"http://127.0.0.1:{unresponsive_port}/v1"
     client = face.client(base_url=base_url, timeout=timeout, max_retries=1)
-    waits = record_sleeps(face, client)
+    waits = face.record_sleeps(client)
     started = time.monotonic()
     out = face.complete("hi", client=client)
     elapsed = time.monotonic() - started
@@ -392,7 +379,7 @@ def test_connection_refused_is_retried_then_raised(face: Any) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     client = face.client(base_url=f"http://127.0.0.1:{port}/v1")
-    waits = record_sleeps(face, client)
+    waits = face.record_sleeps(client)
     out = face.stream("hi", client=client)
     assert type(out.error) is APIConnectionError
     assert f"127.0.0.1:{port}" in str(out.error) and len(waits) == 2
@@ -409,6 +396,6 @@ def test_timeouts_are_never_raw_library_exceptions(face: Any, server: Server) ->
 def test_status_error_after_retries_keeps_its_class(face: Any, server: Server) -> None:
     server.script(["status=409"] * 3)
     client = face.client(base_url=server.base_url)
-    record_sleeps(face, client)
+    face.record_sleeps(client)
     out = face.complete("hi", client=client)
     assert type(out.error) is APIStatusError and out.error.status_code == 409

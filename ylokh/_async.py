@@ -260,10 +260,8 @@ async def _run(client: AsyncClient, exchange: Exchange) -> AsyncGenerator[str, N
                 try:
                     data = await readany()
                 except (OSError, aiohttp.ClientError, asyncio.TimeoutError):
-                    if not parser.done:
+                    if not parser.whole:
                         raise
-                    # [DONE] came: the answer is whole even if the body breaks off now
-                    # (an interrupted llama.cpp stream drops the connection right after)
                     response.close()
                     data = b""
                 if not data:

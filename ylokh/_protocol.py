@@ -291,6 +291,12 @@ class ResponseParser:
         return bool(self.parts)
 
     @property
+    def whole(self) -> bool:
+        """Whether the answer is whole even if the body breaks off now: ``[DONE]`` came
+        (an interrupted llama.cpp stream drops the connection right after it)."""
+        return self.done
+
+    @property
     def reasoning(self) -> str:
         """All ``reasoning_content`` received, kept apart from the text."""
         return "".join(self.reasoning_parts)

@@ -224,10 +224,8 @@ def _run(client: Client, exchange: Exchange) -> Generator[str, None, None]:
                 try:
                     data = read()
                 except (OSError, urllib3.exceptions.HTTPError, requests.RequestException):
-                    if not parser.done:
+                    if not parser.whole:
                         raise
-                    # [DONE] came: the answer is whole even if the body breaks off now
-                    # (an interrupted llama.cpp stream drops the connection right after)
                     response.close()
                     data = b""
                 if not data:

@@ -242,26 +242,19 @@ def test_sync_path_never_imports_aiohttp() -> None:
 
 
 # -- connection reuse -------------------------------------------------------------------------
-def test_one_connection_for_100_sync_calls(server: Server) -> None:
-    with ylokh.Client(base_url=server.base_url) as client:
-        for i in range(100):
-            if i % 2:
-                assert client.complete("hi")
-            else:
-                assert "".join(client.stream("hi"))
-    assert server.connections == 1
-
-
-def test_one_connection_for_100_module_level_sync_calls(
-    server: Server, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("caller", ["client", "module"])
+def test_one_connection_for_100_sync_calls(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caller: str
 ) -> None:
     monkeypatch.setenv("YLOKH_BASE_URL", server.base_url)
     server.reset()
-    for i in range(100):
-        if i % 2:
-            assert ylokh.complete("hi")
-        else:
-            assert "".join(ylokh.stream("hi"))
+    with ylokh.Client() as client:
+        api: Any = client if caller == "client" else ylokh
+        for i in range(100):
+            if i % 2:
+                assert api.complete("hi")
+            else:
+                assert "".join(api.stream("hi"))
     assert server.connections == 1
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import ylokh
-from ylokh._protocol import ResponseParser
+from parsing import Parser as ResponseParser
 from ylokh.testing import Server
 
 ROOT = Path(__file__).resolve().parent.parent

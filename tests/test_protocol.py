@@ -12,7 +12,8 @@ import pytest
 import ylokh
 from ylokh._config import resolve_settings
 from ylokh._errors import error_message
-from ylokh._protocol import ResponseParser, build_request, parse_retry_after, validate_messages
+from parsing import Parser as ResponseParser
+from ylokh._protocol import build_request, parse_retry_after, validate_messages
 
 SSE = {"content-type": "text/event-stream"}
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from ylokh._protocol import ResponseParser
+from parsing import Parser as ResponseParser
 
 STREAMS = Path(os.environ.get("YLOKH_RECORDED_STREAMS", "/work/shared/data/streams"))
 HEAD = {"content-type": "text/event-stream"}

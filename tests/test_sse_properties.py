@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import ylokh
 from ylokh._errors import ProtocolError
-from ylokh._protocol import ResponseParser
+from parsing import Parser as ResponseParser
 from ylokh._sse import Event, SSEDecoder
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,7 +6,7 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from ._base import BaseClient, Completion, Exchange
+from ._base import BaseClient, Call, Completion
 from ._errors import InvalidRequestError
 from ._protocol import validate_messages
 
@@ -121,10 +121,10 @@ class Chat:
         return [*self._messages, user], {**self.options, **options}
 
     def _recorder(self, prompt: str) -> Any:
-        def record(stream: Exchange) -> None:
-            answer: dict[str, Any] = {"role": "assistant", "content": stream.text}
-            if stream.tool_calls:
-                answer["tool_calls"] = stream.tool_calls
+        def record(call: Call) -> None:
+            answer: dict[str, Any] = {"role": "assistant", "content": call.answer.text}
+            if call.answer.tool_calls:
+                answer["tool_calls"] = call.answer.tool_calls
             self._messages += [{"role": "user", "content": prompt}, answer]
             self._trim()
 

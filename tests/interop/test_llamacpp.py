@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 import ylokh
-from ylokh._protocol import ResponseParser
+from parsing import Parser as ResponseParser
 
 pytestmark = pytest.mark.interop
 

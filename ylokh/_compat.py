@@ -1,0 +1,47 @@
+"""The one place that touches a dependency's private attributes, each behind a probe
+with a fallback to public API (tests run both sides).
+
+- ``chunked_file``: the ``http.client`` response under a urllib3 response, so the sync
+  face can de-chunk an event stream in bulk; ``None`` sends it to urllib3's public
+  ``read1`` (some thirty Python calls per HTTP chunk, but correct).
+- ``close_delimited``: makes an aiohttp ``StreamResponse`` end its body by closing the
+  connection (the bundled server's ``framing=close`` fault); without the private flag it
+  falls back to HTTP/1.0, whose bodies are close-delimited by definition.
+"""
+
+from __future__ import annotations
+
+import http.client
+from typing import Any
+
+#: Set to False by tests to run the public fallbacks.
+ENABLED = True
+
+
+def chunked_file(raw: Any) -> http.client.HTTPResponse | None:
+    """The ``http.client.HTTPResponse`` under urllib3's response ``raw`` when its body is
+    chunked, not content-encoded and nothing is buffered above it; else ``None``."""
+    if not ENABLED:
+        return None
+    fp = getattr(raw, "_fp", None)
+    if (
+        isinstance(fp, http.client.HTTPResponse)
+        and fp.chunked
+        and fp.fp is not None
+        and getattr(raw, "_decoder", True) is None
+        and not len(getattr(raw, "_decoded_buffer", b"?"))
+        and not raw.headers.get("content-encoding")
+    ):
+        return fp
+    return None
+
+
+def close_delimited(response: Any) -> None:
+    """Make an aiohttp ``StreamResponse`` (not yet prepared) close-delimited."""
+    if ENABLED and hasattr(type(response), "_length_check"):
+        response._length_check = False  # aiohttp would switch to chunked otherwise
+    else:
+        from aiohttp import HttpVersion10
+
+        response.force_close()
+        response.version = HttpVersion10  # type: ignore[misc]

@@ -184,7 +184,7 @@ def test_connection_error_exit_1(unused_port: int) -> None:
     done = run("chat", "--base-url", f"http://127.0.0.1:{unused_port}/v1", "hi",
                YLOKH_MAX_RETRIES="0")  # fmt: skip
     assert done.returncode == 1
-    assert done.stderr.startswith("ylokh: error: connection to")
+    assert done.stderr.startswith("ylokh: error: could not connect to")
     assert done.stderr.count("\n") == 1
 
 

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 import ylokh
-from parsing import Parser as ResponseParser
+from ylokh._answer import Answer
+from ylokh._readers import reader_for
 from ylokh.testing import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,13 +83,14 @@ def _count_calls(fn: Callable[[], Any]) -> tuple[int, Any]:
     return calls, result
 
 
-def _parse(pieces: list[bytes]) -> ResponseParser:
-    parser = ResponseParser()
-    parser.start(200, {"content-type": "text/event-stream"})
+def _parse(pieces: list[bytes]) -> Answer:
+    """The pieces through the reader a face would use, as a face feeds it."""
+    answer = Answer()
+    feed = reader_for(answer, 200, {"content-type": "text/event-stream"}).feed
     for piece in pieces:
-        parser.feed(piece)
-    parser.close()
-    return parser
+        feed(piece)
+    feed(b"", True)
+    return answer
 
 
 # -- the core ---------------------------------------------------------------------------------
@@ -287,7 +289,7 @@ def test_one_connection_for_100_async_calls(
 class _FakeHTTPResponse:
     closed = 0
 
-    def _close_conn(self) -> None:
+    def close(self) -> None:
         self.closed += 1
 
 
@@ -297,6 +299,7 @@ def _dechunker() -> Any:
     decoder = object.__new__(_Dechunker)
     decoder._response = _FakeHTTPResponse()
     decoder._left = 0
+    decoder._crlf = b""
     decoder._rest = b""
     decoder._trailer = False
     decoder._done = False
@@ -320,11 +323,19 @@ def test_dechunker_gives_the_body_back_however_it_is_cut() -> None:
             assert decoder._response.closed == 1
 
 
-def test_dechunker_rejects_a_bad_chunk_size() -> None:
+@pytest.mark.parametrize(
+    "framed",
+    [
+        b"zz\r\ndata: x\r\n",  # a chunk size that is not hex
+        b"3\r\nabcXY",  # chunk data not followed by CRLF
+        b"3\nabc\r\n",  # a size line ended by LF alone
+    ],
+)
+def test_dechunker_rejects_malformed_framing(framed: bytes) -> None:
     import http.client
 
-    with pytest.raises(http.client.IncompleteRead):
-        _dechunker()._decode(b"zz\r\ndata: x\r\n")
+    with pytest.raises(http.client.HTTPException):
+        _dechunker()._decode(framed)
 
 
 def test_sync_stream_is_identical_through_the_bulk_reader(big_server: Server) -> None:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from parsing import Parser as ResponseParser
 
 STREAMS = Path(os.environ.get("YLOKH_RECORDED_STREAMS", "/work/shared/data/streams"))

@@ -6,7 +6,6 @@ except once, end to end, with a real ``Retry-After: 1``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import tenacity
+from parsing import Parser as ResponseParser
 
 import ylokh
 from ylokh import (
@@ -29,7 +29,6 @@ from ylokh import (
     Timeout,
 )
 from ylokh._errors import status_error
-from parsing import Parser as ResponseParser
 from ylokh._protocol import parse_retry_after
 from ylokh._retry import (
     FIRST_WAIT,

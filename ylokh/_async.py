@@ -206,13 +206,13 @@ class AsyncClient(BaseClient):
         call.attempt()
         settings = call.settings
         proxy, proxy_headers = _split_proxy(settings.proxy)
-        headers = call.headers
-        if proxy_headers and not call.url.startswith("https:"):
-            headers = {**headers, **proxy_headers}  # plain HTTP: the proxy reads the request
         with translating(call, FAILURES):
             session = self.session_for(settings.proxy)
             ssl_context = self._ssl_for(settings.verify)
             while True:
+                headers = call.headers
+                if proxy_headers and not call.url.startswith("https:"):
+                    headers = {**headers, **proxy_headers}  # plain HTTP: the proxy reads it
                 connect, _ = call.timeouts()
                 response = await session.post(
                     call.url,
@@ -389,4 +389,3 @@ def _split_proxy(proxy: str | None) -> tuple[str | None, dict[str, str] | None]:
         return proxy, None
     token = base64.b64encode(f"{url.user}:{url.password or ''}".encode()).decode("ascii")
     return str(url.with_user(None)), {"Proxy-Authorization": f"Basic {token}"}
-

@@ -155,6 +155,7 @@ class Call:
         "sent_at",
         "settings",
         "started",
+        "token_late",
         "url",
     )
 
@@ -186,6 +187,7 @@ class Call:
         self.close: Callable[[], None] | None = None  # closes the response, once opened
         self._state: RetryCallState | None = None
         self.last_error: YlokhError | None = None
+        self.token_late = False  # the first-token timeout fired on the current attempt
 
     # -- the attempts ---------------------------------------------------------------------
     def begin(self) -> None:
@@ -198,6 +200,7 @@ class Call:
         """A new attempt starts: a fresh answer, and the endpoint to send it to."""
         self.attempts += 1
         if self.attempts > 1:
+            self.token_late = False
             self.answer = Answer(self.request.secrets)
             self.url = self.request.url
             self.headers = self.request.headers
@@ -272,9 +275,7 @@ class Call:
         if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
             raise ProtocolError(f"the server at {self.url} redirected to {quote(location)}")
         if _origin(target) != _origin(self.url):
-            self.headers = {
-                k: v for k, v in self.headers.items() if k.lower() != "authorization"
-            }
+            self.headers = {k: v for k, v in self.headers.items() if k.lower() != "authorization"}
         self.url = target
         return False
 
@@ -299,6 +300,7 @@ class Call:
                 and kind is not Failure.CONNECT_TIMEOUT
             ):
                 kind = Failure.FIRST_TOKEN_TIMEOUT
+                self.token_late = True
             elif self.deadline is not None and now >= self.deadline - 0.05:
                 kind = Failure.TOTAL_TIMEOUT
             elif kind is Failure.TOTAL_TIMEOUT:
@@ -335,7 +337,13 @@ class Call:
                 endpoints.failed(self.endpoint, retry_after)
             endpoints.done(self.endpoint)
         self.last_error = error
-        if not self.settings.max_retries:
+        answer = self.answer
+        if not self.settings.max_retries or (
+            # a stream's 2xx body had begun: only failures before its first byte (and the
+            # first-token timeout) are retried, as the spec says; a completion is retried
+            # as a whole
+            answer.received and answer.status < 300 and self.request.stream and not self.token_late
+        ):
             raise error
         state = self._state
         if state is None:
@@ -506,7 +514,7 @@ class BaseStream:
         call = self._call
         if call.completed:
             state = "complete"
-        elif self._closed or call.close is None and call.attempts:
+        elif self._closed or (call.close is None and call.attempts):
             state = "closed"
         else:
             state = "open"

@@ -44,4 +44,4 @@ def close_delimited(response: Any) -> None:
         from aiohttp import HttpVersion10
 
         response.force_close()
-        response.version = HttpVersion10  # type: ignore[misc]
+        response.version = HttpVersion10

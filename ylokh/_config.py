@@ -220,8 +220,7 @@ def _check_headers(headers: object) -> dict[str, str]:
             value.encode("latin-1")
         except UnicodeEncodeError:
             raise InvalidRequestError(
-                f"the value of header {name!r} holds characters HTTP cannot carry "
-                "(only latin-1)"
+                f"the value of header {name!r} holds characters HTTP cannot carry (only latin-1)"
             ) from None
         out[name] = value
     return out
@@ -286,7 +285,7 @@ def resolve_settings(
     if isinstance(retries, bool):
         raise InvalidRequestError(f"max_retries must be a whole number, got {retries!r}")
 
-    if not (isinstance(verify, bool) or isinstance(verify, str)):
+    if not isinstance(verify, (bool, str)):
         raise InvalidRequestError(
             f"verify must be True, False or the path of a CA bundle, got {verify!r}"
         )

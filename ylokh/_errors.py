@@ -217,7 +217,9 @@ def with_partial(error: YlokhError, partial: str) -> YlokhError:
     return both
 
 
-def _rebuild(cls: type[YlokhError], args: tuple[object, ...], state: dict[str, object]) -> YlokhError:
+def _rebuild(
+    cls: type[YlokhError], args: tuple[object, ...], state: dict[str, object]
+) -> YlokhError:
     error = cls.__new__(cls)
     error.args = args
     error.__dict__.update(state)

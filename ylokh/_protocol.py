@@ -101,8 +101,7 @@ def validate_messages(prompt_or_messages: object) -> Messages:
             raise InvalidRequestError(f"messages[{i}] ({role}) has no content")
         if content is not None and not isinstance(content, str):
             if not isinstance(content, list) or not all(
-                isinstance(part, Mapping) and isinstance(part.get("type"), str)
-                for part in content
+                isinstance(part, Mapping) and isinstance(part.get("type"), str) for part in content
             ):
                 raise InvalidRequestError(
                     f"messages[{i}] ({role}) content must be a str or a list of content parts "
@@ -187,9 +186,7 @@ def build_request(
         InvalidRequestError: bad messages, model or options.
     """
     if "messages" in options:
-        raise InvalidRequestError(
-            "pass the messages as the first argument, not as messages="
-        )
+        raise InvalidRequestError("pass the messages as the first argument, not as messages=")
     messages = validate_messages(prompt_or_messages)
     payload: dict[str, Any] = {"model": resolve_model(model, env), "messages": messages}
     for key, value in options.items():

@@ -38,7 +38,7 @@ def is_retryable(error: BaseException) -> bool:
     return isinstance(error, APIConnectionError)
 
 
-class wait_server_or_backoff(tenacity.wait.wait_base):  # noqa: N801 (tenacity's naming)
+class wait_server_or_backoff(tenacity.wait.wait_base):
     """The server's ``Retry-After`` plus a little jitter when it sent one, else
     exponential back-off with full jitter (capped)."""
 

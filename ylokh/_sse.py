@@ -3,7 +3,8 @@
 Strategy: lines are split on bytes, never on decoded text, so a UTF-8 character cut
 between two reads is never broken; data stays bytes (JSON parsers take bytes). Line
 ends may be LF, CR or CRLF, even with the CR and LF in different reads. The unfinished
-line, and the event being built, are bounded by ``max_line_size``: a peer can never make us hold unbounded memory.
+line, and the event being built, are bounded by ``max_line_size``: a peer can never make
+us hold unbounded memory.
 The common case, ``data: ...`` lines in LF-only streams, takes the fewest steps.
 """
 
@@ -41,10 +42,10 @@ class SSEDecoder:
         "_buf",
         "_cr",
         "_data",
-        "_size",
         "_event",
         "_id",
         "_retry",
+        "_size",
         "_split",
         "_started",
         "max_line_size",

@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 
 import requests
+import urllib3
 import urllib3.exceptions as u3
 
 from . import _compat, _retry  # noqa: F401  (_retry: tenacity is loaded before any failure)
@@ -181,7 +182,7 @@ class Client(BaseClient):
         proxy = settings.proxy
         if settings.verify is False:
             # the caller turned verification off on purpose: urllib3 need not warn per request
-            u3.disable_warnings(u3.InsecureRequestWarning)
+            urllib3.disable_warnings(u3.InsecureRequestWarning)
         with translating(call, FAILURES):
             while True:
                 response = self.session.post(

@@ -320,7 +320,7 @@ def test_fault(
     if expect.waits is not None:
         # the server's wait, plus up to JITTER of it, so clients do not retry in step
         assert len(waits) == len(expect.waits)
-        for wait, asked in zip(waits, expect.waits):
+        for wait, asked in zip(waits, expect.waits, strict=True):
             assert asked - 0.05 <= wait <= asked * (1 + JITTER) + 0.05, (waits, expect.waits)
     else:
         for n, wait in enumerate(waits, start=1):

@@ -12,12 +12,13 @@ import asyncio
 import base64
 import contextlib
 import ssl
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
 
-from . import _retry  # noqa: F401  (tenacity is loaded before any failure)
+from . import _compat, _retry  # noqa: F401  (_retry: tenacity loaded before any failure)
 from ._base import (
     FIRST_READ_SIZE,
     BaseClient,
@@ -26,7 +27,7 @@ from ._base import (
     Completion,
     translating,
 )
-from ._errors import Failure, InvalidRequestError, YlokhError
+from ._errors import SOCKS_HINT, Failure, InvalidRequestError, YlokhError
 
 #: aiohttp/asyncio/socket exceptions -> what failed; ``None``: a wrapper, look inside.
 FAILURES: dict[type, Failure | None] = {
@@ -98,6 +99,8 @@ class AsyncClient(BaseClient):
         self._ssl: dict[object, ssl.SSLContext | bool] = {}
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._keeper: AsyncGenerator[None, None] | None = None
+        self._keeper_loop: asyncio.AbstractEventLoop | None = None
 
     def session_for(self, proxy: str | None) -> aiohttp.ClientSession:
         """The ``aiohttp.ClientSession`` for calls through ``proxy`` (SOCKS proxies live in
@@ -110,11 +113,14 @@ class AsyncClient(BaseClient):
         if self._loop is not loop:
             if self._loop is not None and not self._loop.is_closed() and self._sessions:
                 raise YlokhError(
-                    "this AsyncClient belongs to another event loop; use one client per "
-                    "loop, or aclose() it first"
+                    "this AsyncClient belongs to another event loop that is still running; "
+                    "use one client per loop, or aclose() it first"
                 )
-            self._sessions.clear()  # the old loop is gone, and its sessions with it
+            for old in self._sessions.values():  # the old loop is gone: so are they
+                _compat.drop_session(old)
+            self._sessions.clear()
             self._loop = loop
+            _close_with_loop(self)
         key = proxy if proxy and proxy.startswith("socks") else None
         session = self._sessions.get(key)
         if session is None or session.closed:
@@ -265,6 +271,8 @@ class AsyncStream(BaseStream):
         self._iterator = _run(client, call)
 
     def __aiter__(self) -> AsyncIterator[str]:
+        if self._call.left:  # a loop was left early: the response is closed, as on _sync
+            return _Loop(_nothing(), self._call)
         return _Loop(self._iterator, self._call)
 
     def __anext__(self) -> Awaitable[str]:
@@ -303,7 +311,13 @@ class _Loop:
     def __del__(self) -> None:
         close = self._call.close
         if close is not None:
+            self._call.left = True
             close()
+
+
+async def _nothing() -> AsyncGenerator[str, None]:
+    return
+    yield  # an async generator that ends at once
 
 
 async def _run(client: AsyncClient, call: Call) -> AsyncGenerator[str, None]:
@@ -353,14 +367,37 @@ async def _finish(response: aiohttp.ClientResponse) -> None:
 DRAIN_SECONDS = 0.25
 
 
+def _close_with_loop(client: AsyncClient) -> None:
+    """Close ``client``'s sessions when the running loop shuts down (``asyncio.run``
+    closes the async generators still alive; this one closes the sessions), so a client
+    used from several ``asyncio.run`` calls never leaves a session open."""
+    ref = weakref.ref(client)
+    loop = asyncio.get_running_loop()
+    if client._keeper_loop is loop:
+        return  # this loop closes the client already
+    client._keeper_loop = loop
+
+    async def keeper() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            alive = ref()
+            if alive is not None and alive._keeper_loop is loop:
+                alive._keeper_loop = None
+                if alive._loop is loop:
+                    await alive.aclose()
+
+    client._keeper = gen = keeper()  # the loop holds it weakly: the client holds it
+    with contextlib.suppress(StopIteration):
+        gen.asend(None).send(None)  # to its first yield: now the loop knows it
+
+
 def _connector(socks: str | None) -> aiohttp.BaseConnector:
     if socks:
         try:
             from aiohttp_socks import ProxyConnector
         except ImportError:
-            raise InvalidRequestError(
-                "SOCKS proxies need the 'socks' extra: pip install 'ylokh[socks]'"
-            ) from None
+            raise InvalidRequestError(SOCKS_HINT) from None
         _socks_failures()
         connector: aiohttp.BaseConnector = ProxyConnector.from_url(socks, limit=0)
         return connector

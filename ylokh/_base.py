@@ -148,6 +148,7 @@ class Call:
         "headers",
         "headers_at",
         "last_error",
+        "left",
         "on_complete",
         "prefer",
         "redirects",
@@ -188,6 +189,7 @@ class Call:
         self._state: RetryCallState | None = None
         self.last_error: YlokhError | None = None
         self.token_late = False  # the first-token timeout fired on the current attempt
+        self.left = False  # an async loop was left early and closed the response
 
     # -- the attempts ---------------------------------------------------------------------
     def begin(self) -> None:
@@ -307,6 +309,8 @@ class Call:
                 kind = Failure.READ_TIMEOUT
         elif kind is Failure.CONNECT and self.headers_at:
             kind = Failure.RESET  # the head had come: the connection broke off later
+        elif kind is Failure.CONNECT and self.settings.proxy:
+            kind = Failure.PROXY  # the only connection made is the one to the proxy
         return failure_error(
             kind,
             self.request.secrets,

@@ -36,6 +36,21 @@ def chunked_file(raw: Any) -> http.client.HTTPResponse | None:
     return None
 
 
+def drop_session(session: Any) -> None:
+    """Let go of an aiohttp ``ClientSession`` whose event loop is closed: it cannot be
+    closed the public way (that needs its loop), and must not warn that it was not."""
+    connector = session.connector
+    session.detach()  # public: the session counts as closed
+    close = getattr(connector, "_close", None) if ENABLED else None
+    if close is not None:
+        try:
+            close()  # closes the transports at once, without the dead loop
+        except RuntimeError:  # "Event loop is closed": nothing is left to close
+            pass
+    elif connector is not None:
+        connector._closed = True
+
+
 def close_delimited(response: Any) -> None:
     """Make an aiohttp ``StreamResponse`` (not yet prepared) close-delimited."""
     if ENABLED and hasattr(type(response), "_length_check"):

@@ -46,6 +46,7 @@ __all__ = [
     "YlokhError",
 ]
 
+SOCKS_HINT = "SOCKS proxies need the 'socks' extra: pip install 'ylokh[socks]'"
 QUOTE_LIMIT = 300  # characters of a server's answer quoted in a message
 _TAG = re.compile(r"<(script|style)\b.*?</\1>|<[^>]*>", re.S | re.I)
 

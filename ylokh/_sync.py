@@ -31,7 +31,7 @@ from ._base import (
     Table,
     translating,
 )
-from ._errors import Failure, YlokhError
+from ._errors import SOCKS_HINT, Failure, InvalidRequestError, YlokhError
 
 #: requests/urllib3/socket exceptions -> what failed; ``None``: a wrapper, look inside.
 FAILURES: Table = {
@@ -180,6 +180,8 @@ class Client(BaseClient):
         call.attempt()
         settings = call.settings
         proxy = settings.proxy
+        if proxy and proxy.startswith("socks"):
+            _need_socks()
         if settings.verify is False:
             # the caller turned verification off on purpose: urllib3 need not warn per request
             urllib3.disable_warnings(u3.InsecureRequestWarning)
@@ -219,10 +221,15 @@ class Client(BaseClient):
         return response, read, deltas
 
 
+def _need_socks() -> None:
+    try:
+        import socks  # noqa: F401  (pysocks, which urllib3's SOCKS support needs)
+    except ImportError:
+        raise InvalidRequestError(SOCKS_HINT) from None
+
+
 def _no_stream(options: dict[str, Any]) -> dict[str, Any]:
     if options.pop("stream", False) is not False:
-        from ._errors import InvalidRequestError
-
         raise InvalidRequestError("complete() always sends stream: false; use stream() to stream")
     return options
 

@@ -159,9 +159,9 @@ class Chat:
             return _default_async_client()
         if isinstance(self.client, AsyncClient):
             return self.client
-        if not isinstance(self._twin, AsyncClient):
-            self._twin = AsyncClient(**self.client._args, model=self.client.model)
-        return self._twin
+        from ._api import async_twin
+
+        return async_twin(self.client)  # type: ignore[arg-type]  # a Client
 
     def stream(self, prompt: str, **options: Any) -> Stream:
         """Send ``prompt`` with the history; iterate the result for text deltas."""

@@ -223,7 +223,7 @@ class Client(BaseClient):
 
 def _need_socks() -> None:
     try:
-        import socks  # noqa: F401  (pysocks, which urllib3's SOCKS support needs)
+        import socks  # type: ignore[import-untyped,unused-ignore]  # noqa: F401  (pysocks)
     except ImportError:
         raise InvalidRequestError(SOCKS_HINT) from None
 

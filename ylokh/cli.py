@@ -20,6 +20,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import IO, Any
 
 from ._errors import (
@@ -44,6 +45,10 @@ _logger = logging.getLogger("ylokh")
 
 class UsageError(Exception):
     """A mistake in how the command was called (exit code 2)."""
+
+
+class FileError(YlokhError):
+    """A file could not be written: a missing folder, a full disk, a read-only place (exit 1)."""
 
 
 # -- the argument parser ---------------------------------------------------------------------
@@ -358,19 +363,22 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if args.output and args.input != "-" and _same_file(args.input, args.output):
+        raise UsageError(f"-o {args.output} is the input file: results would overwrite it")
     try:
         if args.input == "-":
             items = read_jsonl(sys.stdin, "<stdin>")
         else:
             with open(args.input, encoding="utf-8") as file:
                 items = read_jsonl(file, args.input)
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.input}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"cannot read {args.input}: {detail or exc}") from None
     if args.system:
         system = {"role": "system", "content": args.system}
         items = [
-            type(item)(item.id, [system, *item.messages], item.options)
-            if item.messages[0]["role"] != "system"
+            replace(item, messages=[system, *item.messages])
+            if item.messages and item.messages[0]["role"] != "system"
             else item
             for item in items
         ]
@@ -381,16 +389,22 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             failed.append(result)
 
     with _base_url(args) as base_url:
-        results = batch(
-            items,
-            args.concurrency,
-            model=args.model,
-            output=args.output or sys.stdout,
-            progress=args.progress,
-            on_result=note,
-            **_settings(args, base_url),
-            **_payload(args),
-        )
+        try:
+            results = batch(
+                items,
+                args.concurrency,
+                model=args.model,
+                output=args.output or sys.stdout,
+                progress=args.progress,
+                on_result=note,
+                **_settings(args, base_url),
+                **_payload(args),
+            )
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            where = exc.filename or args.output or "<stdout>"
+            raise FileError(f"cannot write {where}: {exc.strerror or exc}") from None
     if failed:
         first = failed[0].error or {}
         print(
@@ -401,6 +415,13 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
 
 
 # -- models ----------------------------------------------------------------------------------

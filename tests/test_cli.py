@@ -68,6 +68,14 @@ def read_until(fd: int, marker: bytes) -> bytes:
     return seen
 
 
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Conversations kept for --continue go to a folder of the test's own."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
+
+
 @pytest.fixture
 def unused_port() -> int:
     """A loopback port that nothing listens on (bound, then released)."""
@@ -153,8 +161,9 @@ def test_chat_json_prints_one_object_per_chunk(server: Server) -> None:
         "type": "done",
         "text": "alpha beta gamma",
         "finish_reason": "stop",
-        "usage": None,
+        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
     }
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
 
 
 def test_chat_no_stream(server: Server) -> None:
@@ -325,7 +334,7 @@ def test_serve_runs_the_bundled_server_until_ctrl_c() -> None:
 def test_serve_reports_a_busy_port(server: Server) -> None:
     done = run("serve", "--port", str(server.port))
     assert done.returncode == 1
-    assert done.stderr.startswith("ylokh: error: cannot listen on")
+    assert done.stderr.startswith("ylokh serve: error: cannot listen on")
 
 
 def test_main_is_the_console_script_entry_point(capsys: pytest.CaptureFixture[str]) -> None:
@@ -376,7 +385,7 @@ def test_interactive_chat_keeps_history(tmp_path: Path) -> None:
             ask(child, "/system", "system prompt: Be terse.")
             saved = tmp_path / "chat.json"
             ask(child, f"/save {saved}", "(saved 5 messages")
-            history = json.loads(saved.read_text())
+            history = json.loads(saved.read_text())["messages"]
             assert history[0] == {"role": "system", "content": "Be terse."}
             assert [m["role"] for m in history[1:]] == ["user", "assistant"] * 2
             ask(child, "/reset", "(conversation cleared)")

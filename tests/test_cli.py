@@ -711,3 +711,10 @@ def test_batch_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
         )  # fmt: skip
         assert done.stdout.count("\n") == 1
         assert done.stderr == "", done.stderr
+
+
+def test_a_base_url_without_v1_is_a_404_as_on_real_servers(server: Server) -> None:
+    done = run("chat", "--base-url", server.url, "hi")  # forgot the /v1
+    assert done.returncode == 1
+    assert "404" in done.stderr and done.stderr.count("\n") == 1
+    assert [r.path for r in server.requests] == ["/chat/completions"]

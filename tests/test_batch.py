@@ -587,3 +587,14 @@ def test_a_file_mixing_the_two_formats_is_bad_input(tmp_path: Path) -> None:
     done = cli(str(src), "--local")
     assert done.returncode == 2
     assert "line 3: not an OpenAI Batch line" in done.stderr
+
+
+def test_cli_batch_options_and_max_retries(server: Server, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", ["a", {"prompt": "b", "options": {"seed": 9}}])
+    server.script(["status=503"])
+    done = cli(str(src), "--base-url", server.base_url, "-c", "1", "--option", "seed=3",
+               "--option", 'stop=["x"]', "--max-retries", "0")  # fmt: skip
+    assert done.returncode == 1  # the 503 was not retried
+    assert len(server.requests) == 2
+    assert [r.json["seed"] for r in server.requests] == [3, 9]  # an item's own options win
+    assert {tuple(r.json["stop"]) for r in server.requests} == {("x",)}

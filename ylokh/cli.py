@@ -332,11 +332,23 @@ def _read_prompt(args: argparse.Namespace) -> str | None:
         return prompt
     if prompt is not None and not prompt.strip():
         raise UsageError("the prompt is empty")
-    if prompt is not None and not sys.stdin.isatty():
+    if prompt is not None and _piped():
         piped = sys.stdin.read()
         if piped.strip():
             prompt = f"{prompt}\n\n{piped}"
     return prompt
+
+
+def _piped() -> bool:
+    """Whether stdin is a pipe or a file, to be read with a prompt argument; never a
+    terminal, a socket or an inherited descriptor that may never end."""
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):  # closed, or replaced by an object
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
 
 
 def _state_file() -> str:
@@ -411,9 +423,10 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             options = _with_usage({})
             try:
                 stream = _print_stream(chat, prompt, options, args, waiting)
-            except BadRequestError:
-                if not options:
-                    raise
+            except BadRequestError as exc:
+                printed: object = getattr(exc, "partial", None)
+                if not options or printed:
+                    raise  # not about stream_options, or text was printed already
                 stream = _print_stream(chat, prompt, {}, args, waiting)
         except YlokhError as exc:
             if args.json:

@@ -243,11 +243,24 @@ def test_cli_batch_bad_input_exits_2(tmp_path: Path, content: str, message: str)
     assert "Traceback" not in done.stderr
 
 
-def test_cli_batch_killed_midway_resumes_where_it_stopped(tmp_path: Path) -> None:
+def _openai_line(custom_id: str, prompt: str) -> dict[str, Any]:
+    body = {"model": "m", "messages": [{"role": "user", "content": prompt}]}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+def _id_and_text(line: dict[str, Any]) -> tuple[str, str]:
+    if "custom_id" in line:  # OpenAI's batch output line
+        return line["custom_id"], line["response"]["body"]["choices"][0]["message"]["content"]
+    return line["id"], line["text"]
+
+
+@pytest.mark.parametrize("fmt", ["ylokh", "openai"])
+def test_cli_batch_killed_midway_resumes_where_it_stopped(tmp_path: Path, fmt: str) -> None:
     total = 12
+    prompts = [(f"item-{i}", f"answer number {i} here") for i in range(total)]
     src = write_jsonl(
         tmp_path / "in.jsonl",
-        [{"id": f"item-{i}", "prompt": f"answer number {i} here"} for i in range(total)],
+        [{"id": i, "prompt": p} if fmt == "ylokh" else _openai_line(i, p) for i, p in prompts],
     )
     out = tmp_path / "out.jsonl"
     with Server(delay=0.1) as srv:  # each answer takes a few pauses
@@ -266,10 +279,10 @@ def test_cli_batch_killed_midway_resumes_where_it_stopped(tmp_path: Path) -> Non
         finally:
             proc.kill()
             proc.wait()
-        written = lines_of(out)  # every line written before the kill is whole
-        done_ids = {line["id"] for line in written}
+        written = [_id_and_text(line) for line in lines_of(out)]  # every line is whole
+        done_ids = {item_id for item_id, _ in written}
         assert 3 <= len(done_ids) < total
-        assert all(line["text"].startswith("answer number") for line in written)
+        assert all(text.startswith("answer number") for _, text in written)
 
         srv.reset()
         rerun = subprocess.run(
@@ -277,10 +290,10 @@ def test_cli_batch_killed_midway_resumes_where_it_stopped(tmp_path: Path) -> Non
         )
         assert rerun.returncode == 0, rerun.stderr
         asked = [req.json["messages"][0]["content"] for req in srv.requests]
-    final = lines_of(out)
-    assert sorted(line["id"] for line in final) == sorted(f"item-{i}" for i in range(total))
+    final = [_id_and_text(line) for line in lines_of(out)]
+    assert sorted(item_id for item_id, _ in final) == sorted(f"item-{i}" for i in range(total))
     assert len(asked) == total - len(done_ids)  # nothing already done was asked again
-    assert all(line["text"] == f"answer number {line['id'][5:]} here" for line in final)
+    assert all(text == f"answer number {item_id[5:]} here" for item_id, text in final)
 
 
 def test_cli_batch_local_and_ctrl_c(tmp_path: Path) -> None:

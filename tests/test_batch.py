@@ -592,6 +592,9 @@ def test_openai_failures_are_openai_error_lines(server: Server, tmp_path: Path) 
     [out] = map(json.loads, done.stdout.splitlines())
     assert out["custom_id"] == "request-1" and out["response"] is None
     assert out["error"]["code"] == "BadRequestError" and out["error"]["status_code"] == 400
+    from openai.types import BatchError
+
+    assert BatchError.model_validate(out["error"]).code == "BadRequestError"
 
 
 def test_a_file_mixing_the_two_formats_is_bad_input(tmp_path: Path) -> None:

@@ -614,3 +614,15 @@ def test_cli_batch_options_and_max_retries(server: Server, tmp_path: Path) -> No
     assert len(server.requests) == 2
     assert [r.json["seed"] for r in server.requests] == [3, 9]  # an item's own options win
     assert {tuple(r.json["stop"]) for r in server.requests} == {("x",)}
+
+
+def test_output_to_dev_stdout_is_not_read_for_resuming(server: Server, tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", ["a", "b"])
+    done = subprocess.run(
+        [sys.executable, "-m", "ylokh", "batch", str(src), "-o", "/dev/stdout",
+         "--base-url", server.base_url],
+        stdin=subprocess.PIPE,  # open and never written: reading it would hang
+        capture_output=True, text=True, env=_env(), timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(json.loads(line)["text"] for line in done.stdout.splitlines()) == ["a", "b"]

@@ -392,6 +392,18 @@ def _done_results(
     return done
 
 
+def _resumable(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` may hold a previous run: a regular file, a folder (refused when
+    opened) or nothing yet; not ``/dev/stdout`` or a pipe, which reading would block on."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return True  # missing (or unreadable): reading says so
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
+
+
 def _rewrite(path: str | os.PathLike[str], lines: list[str]) -> None:
     directory = os.path.dirname(os.fspath(path)) or "."
     fd, temp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
@@ -557,7 +569,8 @@ async def abatch(
     file: IO[str] | None = None
     owned = False
     if isinstance(output, (str, os.PathLike)):
-        done = _done_results(output, prints, openai)
+        if _resumable(output):
+            done = _done_results(output, prints, openai)
         file = open(output, "a", encoding="utf-8")  # noqa: SIM115 (closed in finally)
         owned = True
     elif output is not None:

@@ -307,14 +307,20 @@ class _Waiting:
 
 class _RetryNotice(logging.Handler):
     """On a terminal, says when a retry waits long (a ``Retry-After`` of 30 s), so a slow
-    first answer is never silent; the library logs every retry at WARNING."""
+    first answer is never silent; the library logs every retry at WARNING.
+
+    The wait is the record's ``wait`` attribute when the library sets one, else the
+    second argument of its message ("retrying POST %s in %.2f s ...").
+    """
 
     LONG = 2.0
 
     def emit(self, record: logging.LogRecord) -> None:
-        wait = record.args[1] if isinstance(record.args, tuple) and len(record.args) > 1 else 0
+        wait: object = getattr(record, "wait", None)
+        if wait is None and isinstance(record.args, tuple) and len(record.args) > 1:
+            wait = record.args[1]
         if isinstance(wait, (int, float)) and wait >= self.LONG:
-            _notice(f"ylokh: {record.getMessage()}")
+            _notice(f"ylokh: waiting {wait:.0f} s before trying again ({record.getMessage()})")
 
 
 # -- chat ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ and ``Origin``/``Referer`` name :attr:`Ylokh.url`. Setting names among the kwarg
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any
 
 from ._base import SETTING_NAMES
@@ -31,9 +31,13 @@ def _payload(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 class _AsyncResult:
     """What ``create_async_generator`` returns: iterate it directly with ``async for``,
-    or ``await`` it first (the seed's own example does) to get the iterator."""
+    or ``await`` it first (the seed's own example does) to get the iterator.
 
-    def __init__(self, iterator: AsyncIterator[str]) -> None:
+    It closes like the async generator it stands for (``aclose()``, so
+    ``contextlib.aclosing(...)`` works), which closes the HTTP response at once.
+    """
+
+    def __init__(self, iterator: AsyncGenerator[str, None]) -> None:
         self._iterator = iterator
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -41,6 +45,18 @@ class _AsyncResult:
 
     async def __anext__(self) -> str:
         return await self._iterator.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the answer and close its response (nothing happens if it has ended)."""
+        await self._iterator.aclose()
+
+    async def asend(self, value: None) -> str:
+        """As an async generator's ``asend``: the next text."""
+        return await self._iterator.asend(value)
+
+    async def athrow(self, error: BaseException) -> str:
+        """As an async generator's ``athrow``: raise ``error`` inside the answer."""
+        return await self._iterator.athrow(error)
 
     def __await__(self) -> Generator[Any, None, AsyncIterator[str]]:
         async def itself() -> AsyncIterator[str]:
@@ -76,7 +92,7 @@ class Ylokh:
 
         options = _payload(kwargs)
 
-        async def generate() -> AsyncIterator[str]:
+        async def generate() -> AsyncGenerator[str, None]:
             client = _default_async_client()
             if stream:
                 async with client.stream(

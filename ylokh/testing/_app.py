@@ -762,9 +762,9 @@ def make_app(
     options = _Options(Fault.parse(fault), chunks, delay, api_key, model)
     app = web.Application()
     app[STATE] = _State(options)
-    for prefix in ("/v1", ""):
-        app.router.add_post(f"{prefix}/chat/completions", _chat)
-        app.router.add_get(f"{prefix}/models", _models)
+    # Only under /v1, as real servers: a base URL missing its /v1 must fail here too (404).
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_get("/v1/models", _models)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     app.on_shutdown.append(_on_shutdown)
     return app

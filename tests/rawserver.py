@@ -346,12 +346,13 @@ class Proxy:
         creds = f"{PROXY_USER}:{password}@" if self.auth else ""
         return f"{scheme}://{creds}127.0.0.1:{self.port}"
 
-    def forwarded(self, port: int, within: float = 2.0) -> list[str]:
-        """The log lines of connections forwarded to ``127.0.0.1:port``."""
+    def forwarded(self, port: int, within: float = 2.0, more_than: int = 0) -> list[str]:
+        """The log lines of connections forwarded to ``127.0.0.1:port``, waiting up to
+        ``within`` seconds for more than ``more_than`` of them (pproxy logs a moment late)."""
         deadline = time.monotonic() + within
         while True:
             found = [line for line in self.log if line.endswith(f"-> 127.0.0.1:{port}")]
-            if found or time.monotonic() > deadline:
+            if len(found) > more_than or time.monotonic() > deadline:
                 return found
             time.sleep(0.02)
 

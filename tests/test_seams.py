@@ -780,9 +780,21 @@ SAME_BYTES: dict[str, tuple[list[Any], type[BaseException] | None, str]] = {
 }
 
 
+# Known gaps of the async face, open in issue 9's closing note: strict, so a fix shows.
+ASYNC_GAPS = {
+    "content-length-shorter": "aiohttp parses the bytes past Content-Length as the next "
+    "response and fails the whole read before the first event reaches the core",
+    "gzip-gzip": "aiohttp decodes one content coding; the core does not decode bodies yet",
+}
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", sorted(SAME_BYTES))
-def test_the_same_bytes_give_the_same_outcome(face: Any, raw: RawServer, case: str) -> None:
+def test_the_same_bytes_give_the_same_outcome(
+    face: Any, raw: RawServer, case: str, request: pytest.FixtureRequest
+) -> None:
+    if face.name == "async" and case in ASYNC_GAPS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=ASYNC_GAPS[case]))
     steps, expected, needle = SAME_BYTES[case]
     raw.scripts = [steps]
     client = face.client(base_url=raw.base_url, timeout=Timeout(read=3), max_retries=2)
@@ -802,9 +814,13 @@ def test_the_same_bytes_give_the_same_outcome(face: Any, raw: RawServer, case: s
 
 
 def test_a_body_longer_than_its_content_length_does_not_poison_the_next_call(
-    face: Any, raw: RawServer
+    face: Any, raw: RawServer, request: pytest.FixtureRequest
 ) -> None:
     """The bytes past the Content-Length stay on the connection: it must not be reused."""
+    if face.name == "async":
+        request.applymarker(
+            pytest.mark.xfail(strict=True, reason=ASYNC_GAPS["content-length-shorter"])
+        )
     completion = completion_body("second")
     raw.scripts = [
         [head(length=len(EV1)), EV1 + EV2 + TAIL],  # keep-alive, junk left behind
@@ -869,7 +885,17 @@ def test_headers_http_cannot_carry_are_refused_before_any_traffic(
 
 # -- 13: KeyboardInterrupt closes the response ----------------------------------------------------
 @pytest.mark.timeout(60)
-def test_keyboard_interrupt_in_the_loop_closes_the_response(face: Any, raw: RawServer) -> None:
+def test_keyboard_interrupt_in_the_loop_closes_the_response(
+    face: Any, raw: RawServer, request: pytest.FixtureRequest
+) -> None:
+    if face.name == "async":
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="async face: the suspended generator keeps the response open until "
+                "the KeyboardInterrupt's traceback is dropped",
+            )
+        )
     raw.scripts = [[CHUNKED_HEAD, chunked(EV1, end=False), HOLD]]
     client = face.client(base_url=raw.base_url, timeout=Timeout(read=30), max_retries=0)
 

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import ssl
 import weakref
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -25,12 +26,13 @@ from ._base import (
     BaseStream,
     Call,
     Completion,
+    Inside,
     translating,
 )
 from ._errors import SOCKS_HINT, Failure, InvalidRequestError, YlokhError
 
-#: aiohttp/asyncio/socket exceptions -> what failed; ``None``: a wrapper, look inside.
-FAILURES: dict[type, Failure | None] = {
+#: aiohttp/asyncio/socket exceptions -> what failed (``Inside``: a wrapper, look inside).
+FAILURES: dict[type, Failure | Inside] = {
     aiohttp.ConnectionTimeoutError: Failure.CONNECT_TIMEOUT,
     aiohttp.SocketTimeoutError: Failure.READ_TIMEOUT,
     aiohttp.ServerTimeoutError: Failure.READ_TIMEOUT,
@@ -43,8 +45,9 @@ FAILURES: dict[type, Failure | None] = {
     aiohttp.InvalidURL: Failure.INVALID,
     aiohttp.TooManyRedirects: Failure.REDIRECTS,
     aiohttp.ServerDisconnectedError: Failure.RESET,
-    aiohttp.ClientPayloadError: Failure.RESET,
+    aiohttp.ClientPayloadError: Inside(Failure.RESET),
     aiohttp.http_exceptions.ContentEncodingError: Failure.DECODE,
+    zlib.error: Failure.DECODE,
     aiohttp.ClientResponseError: Failure.PROTOCOL,
     aiohttp.ClientConnectorError: Failure.CONNECT,
     aiohttp.ClientOSError: Failure.CONNECT,

@@ -18,7 +18,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._answer import Answer
 from ._config import Settings, redact_url, resolve_settings
@@ -255,6 +255,11 @@ class Call:
             ProtocolError: too many redirects, or a redirect without a usable Location.
         """
         self.headers_at = time.monotonic()
+        if "content-length" in headers and "transfer-encoding" in headers:
+            # RFC 9112 6.3: a framing that may smuggle; aiohttp refuses it, so does the core
+            raise ProtocolError(
+                f"the server at {self.url} sent both Content-Length and Transfer-Encoding"
+            )
         if 300 <= status < 400:
             return self._redirect(status, headers.get("location"))
         self.feed = reader_for(
@@ -437,22 +442,29 @@ def _policy(settings: Settings) -> Policy:
 
 
 # -- translating a library's exceptions ------------------------------------------------------
-#: A face's table: exception class -> kind, or ``None`` for a wrapper to look inside.
-Table = Mapping[type, "Failure | None"]
+class Inside(NamedTuple):
+    """A table entry for a wrapper: what it wraps decides, else ``otherwise``."""
+
+    otherwise: Failure
+
+
+#: A face's table: exception class -> kind (or :class:`Inside` for a wrapper).
+Table = Mapping[type, "Failure | Inside"]
 
 
 def kind_of(exc: BaseException, table: Table) -> Failure | None:
     """The kind of failure ``exc`` is, by the most specific class in ``table`` along its
-    chain (wrappers, which map to ``None``, are looked through); ``None`` when the table
-    does not know it."""
+    chain (wrappers are looked through); ``None`` when the table does not know it."""
+    otherwise = None
     for inner in _chain(exc):
         for cls in type(inner).__mro__:
             if cls in table:
                 kind = table[cls]
-                if kind is not None:
+                if isinstance(kind, Failure):
                     return kind
+                otherwise = otherwise or kind.otherwise
                 break
-    return None
+    return otherwise
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

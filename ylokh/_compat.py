@@ -4,6 +4,8 @@ with a fallback to public API (tests run both sides).
 - ``chunked_file``: the ``http.client`` response under a urllib3 response, so the sync
   face can de-chunk an event stream in bulk; ``None`` sends it to urllib3's public
   ``read1`` (some thirty Python calls per HTTP chunk, but correct).
+- ``socket_of``: the socket a urllib3 response reads from, so the sync face can bound
+  each read by the call's deadlines; ``None`` leaves urllib3's read timeout alone.
 - ``close_delimited``: makes an aiohttp ``StreamResponse`` end its body by closing the
   connection (the bundled server's ``framing=close`` fault); without the private flag it
   falls back to HTTP/1.0, whose bodies are close-delimited by definition.
@@ -12,6 +14,7 @@ with a fallback to public API (tests run both sides).
 from __future__ import annotations
 
 import http.client
+import socket
 from typing import Any
 
 #: Set to False by tests to run the public fallbacks.
@@ -49,6 +52,17 @@ def drop_session(session: Any) -> None:
             pass
     elif connector is not None:
         connector._closed = True
+
+
+def socket_of(raw: Any) -> socket.socket | None:
+    """The socket under urllib3's response ``raw``, to bound the next read: the pooled
+    connection's, or, once ``http.client`` has let go of it (a close-delimited body), the
+    one the response reads from."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is None and ENABLED:
+        fp = getattr(getattr(raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(fp, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def close_delimited(response: Any) -> None:

@@ -9,7 +9,6 @@ stream then reads whatever the socket has and feeds it to the call. ``requests``
 from __future__ import annotations
 
 import http.client
-import socket
 import ssl
 import time
 import weakref
@@ -25,6 +24,7 @@ from ._base import (
     FIRST_READ_SIZE,
     READ_SIZE,
     BaseClient,
+    Inside,
     BaseStream,
     Call,
     Completion,
@@ -33,7 +33,7 @@ from ._base import (
 )
 from ._errors import SOCKS_HINT, Failure, InvalidRequestError, YlokhError
 
-#: requests/urllib3/socket exceptions -> what failed; ``None``: a wrapper, look inside.
+#: requests/urllib3/socket exceptions -> what failed (``Inside``: a wrapper, look inside).
 FAILURES: Table = {
     requests.ConnectTimeout: Failure.CONNECT_TIMEOUT,
     u3.ConnectTimeoutError: Failure.CONNECT_TIMEOUT,
@@ -63,10 +63,10 @@ FAILURES: Table = {
     u3.NewConnectionError: Failure.CONNECT,
     ConnectionRefusedError: Failure.CONNECT,
     OSError: Failure.CONNECT,
-    requests.ConnectionError: None,
-    requests.exceptions.ChunkedEncodingError: None,
-    u3.MaxRetryError: None,
-    u3.ProtocolError: None,
+    requests.ConnectionError: Inside(Failure.CONNECT),
+    requests.exceptions.ChunkedEncodingError: Inside(Failure.RESET),
+    u3.MaxRetryError: Inside(Failure.CONNECT),
+    u3.ProtocolError: Inside(Failure.RESET),
 }
 _Opened = tuple[requests.Response, Callable[[], bytes], list[str]]
 
@@ -312,8 +312,8 @@ def _finish(response: requests.Response, read: Callable[[], bytes]) -> None:
     keeps the body open gets its connection closed instead, and never holds the caller."""
     raw = response.raw
     if not raw.isclosed():
-        sock = getattr(raw.connection, "sock", None)
-        if isinstance(sock, socket.socket):
+        sock = _compat.socket_of(raw)
+        if sock is not None:
             sock.settimeout(DRAIN_SECONDS)
         try:
             for _ in range(4):
@@ -447,6 +447,6 @@ def _bad_framing(data: bytes) -> http.client.HTTPException:
 
 def _bound(raw: Any, call: Call) -> None:
     """Set the socket timeout of the next read: ``read`` within the call's deadlines."""
-    sock = getattr(raw.connection, "sock", None)
-    if isinstance(sock, socket.socket):
+    sock = _compat.socket_of(raw)
+    if sock is not None:
         sock.settimeout(call.read_timeout())

@@ -264,7 +264,7 @@ def test_a_per_call_proxy_is_honoured(
         out = face.stream("through the proxy", client=client, proxy=proxy.url(scheme))
     assert out.error is None and out.text == "through the proxy"
     lines = proxy.forwarded(shared_server.port)
-    assert len(lines) == before + 1, proxy.log[-3:]
+    assert len(lines) >= before + 1, proxy.log[-3:]
     assert lines[-1].startswith(scheme), lines[-1]
 
 
@@ -285,7 +285,7 @@ def test_a_per_call_socks_proxy_on_the_seed_provider(shared_server: Server, prox
         return "".join(parts)
 
     assert asyncio.run(go()) == "seed via socks"
-    assert len(proxy.forwarded(shared_server.port)) == before + 1
+    assert len(proxy.forwarded(shared_server.port)) >= before + 1
 
 
 @pytest.mark.parametrize("value", ["http://", "socks5://", "http://:8080"])
@@ -305,7 +305,7 @@ def test_a_proxy_without_a_scheme_means_http_on_both_faces(
     out = face.stream("no scheme", client=client)
     assert out.error is None and out.text == "no scheme"
     lines = proxy.forwarded(shared_server.port)
-    assert len(lines) == before + 1 and lines[-1].startswith("http"), lines[-1:]
+    assert len(lines) >= before + 1 and lines[-1].startswith("http"), lines[-1:]
 
 
 @pytest.mark.parametrize("scheme", ["http", "socks5"])

@@ -1,92 +1,33 @@
 """Proxies (a real ``pproxy`` started on loopback), TLS with a test CA (``trustme``), secrets.
 
-The proxy runs as a subprocess; its verbose log names every connection it forwards, so a
-test can tell that the request really went through it.
+The proxy runs as a subprocess (``rawserver.Proxy``); its verbose log names every
+connection it forwards, so a test can tell that the request really went through it. A test
+that counts forwarded connections sends them to a target server of its own (a fresh port),
+so a line logged for another test can never count for it; every proxy is stopped in a
+``finally`` (or by its fixture), also when it fails to become ready.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import ssl
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
+from rawserver import PROXY_PASSWORD, PROXY_USER, Proxy, free_port
 
 import ylokh
 from ylokh import APIConnectionError, APIStatusError, AuthenticationError
 from ylokh.testing import Server
 
-USER, PASSWORD = "proxyuser", "proxy-pw-7f3a9c"
+USER, PASSWORD = PROXY_USER, PROXY_PASSWORD
 API_KEY = "sk-test-5e1d2c9b8a7f6e5d"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Proxy:
-    """A pproxy process on loopback; ``log`` holds its verbose output, line by line."""
-
-    def __init__(self, scheme: str, auth: bool) -> None:
-        self.port = free_port()
-        self.auth = auth
-        listen = f"{scheme}://127.0.0.1:{self.port}" + (f"#{USER}:{PASSWORD}" if auth else "")
-        pproxy = Path(sys.executable).with_name("pproxy")
-        self.process = subprocess.Popen(
-            [str(pproxy), "-l", listen, "-v", "--auth", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        self.log: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + 10
-        while True:  # ready when it accepts connections
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    raise RuntimeError(f"pproxy did not start: {self.log}") from None
-                time.sleep(0.05)
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.log.append(line.rstrip())
-
-    def url(self, scheme: str, password: str = PASSWORD) -> str:
-        creds = f"{USER}:{password}@" if self.auth else ""
-        return f"{scheme}://{creds}127.0.0.1:{self.port}"
-
-    def forwarded(self, port: int, within: float = 2.0) -> list[str]:
-        """The log lines of connections forwarded to ``127.0.0.1:port``."""
-        deadline = time.monotonic() + within
-        while True:
-            found = [line for line in self.log if line.endswith(f"-> 127.0.0.1:{port}")]
-            if found or time.monotonic() > deadline:
-                return found
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(5)
-        self._reader.join(2)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -98,23 +39,32 @@ def server() -> Iterator[Server]:
 @pytest.fixture(scope="module", params=[False, True], ids=["open", "auth"])
 def proxy(request: pytest.FixtureRequest) -> Iterator[Proxy]:
     running = Proxy("http+socks5", auth=request.param)
-    yield running
-    running.stop()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def target() -> Iterator[Server]:
+    """A target server of this test only: its port appears in no other test's proxy log."""
+    with Server() as srv:
+        yield srv
 
 
 # -- HTTP and SOCKS5 proxies ------------------------------------------------------------------
 @pytest.mark.parametrize("scheme", ["http", "socks5"])
 def test_the_request_goes_through_the_proxy(
-    face: Any, server: Server, proxy: Proxy, scheme: str
+    face: Any, target: Server, proxy: Proxy, scheme: str
 ) -> None:
-    server.reset()
-    before = len(proxy.forwarded(server.port, within=0))
-    client = face.client(base_url=server.base_url, proxy=proxy.url(scheme), max_retries=0)
+    assert proxy.forwarded(target.port, within=0) == []
+    client = face.client(base_url=target.base_url, proxy=proxy.url(scheme), max_retries=0)
     out = face.stream("through the proxy", client=client)
     assert out.error is None and out.text == "through the proxy"
-    lines = proxy.forwarded(server.port)
-    assert len(lines) > before and lines[-1].startswith(scheme), proxy.log[-3:]
-    assert len(server.requests) == 1
+    lines = proxy.forwarded(target.port, count=1)
+    assert len(proxy.forwarded(target.port, count=2, within=0.3)) == 1, proxy.log[-3:]
+    assert lines[0].startswith(scheme), lines
+    assert len(target.requests) == 1
 
 
 def test_wrong_proxy_password_is_clear_and_keeps_the_password_secret(
@@ -144,29 +94,31 @@ def test_a_dead_proxy_is_a_connection_error_without_the_password(face: Any, serv
 
 
 def test_environment_proxies_and_their_precedence(
-    face: Any, server: Server, monkeypatch: pytest.MonkeyPatch
+    face: Any, target: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    server = target
     running = Proxy("http", auth=False)
     dead = f"http://127.0.0.1:{free_port()}"
     try:
         # HTTP_PROXY is used for an http:// base URL
         monkeypatch.setenv("HTTP_PROXY", running.url("http"))
         out = face.complete("a", client=face.client(base_url=server.base_url, max_retries=0))
-        assert out.error is None and len(running.forwarded(server.port)) == 1
+        assert out.error is None and len(running.forwarded(server.port, count=1)) == 1
         # NO_PROXY bypasses it
         monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
         out = face.complete("b", client=face.client(base_url=server.base_url, max_retries=0))
-        assert out.error is None and len(running.forwarded(server.port, within=0.2)) == 1
+        assert out.error is None
+        assert len(running.forwarded(server.port, count=2, within=0.3)) == 1
         # YLOKH_PROXY wins over HTTP(S)_PROXY and NO_PROXY; proxy= wins over everything
         monkeypatch.setenv("HTTP_PROXY", dead)
         monkeypatch.setenv("YLOKH_PROXY", running.url("http"))
         out = face.complete("c", client=face.client(base_url=server.base_url, max_retries=0))
-        assert out.error is None and len(running.forwarded(server.port)) == 2
+        assert out.error is None and len(running.forwarded(server.port, count=2)) == 2
         client = face.client(base_url=server.base_url, proxy=dead, max_retries=0)
         assert isinstance(face.complete("d", client=client).error, APIConnectionError)
         client = face.client(base_url=server.base_url, proxy="", max_retries=0)
         assert face.complete("e", client=client).error is None  # "" = no proxy at all
-        assert len(running.forwarded(server.port, within=0.2)) == 2
+        assert len(running.forwarded(server.port, count=3, within=0.3)) == 2
         # HTTPS_PROXY is not used for http://
         monkeypatch.delenv("YLOKH_PROXY")
         monkeypatch.delenv("HTTP_PROXY")
@@ -234,14 +186,14 @@ def test_verify_false_accepts_any_certificate(face: Any, https_server: Server) -
 
 
 def test_https_through_the_proxy(face: Any, https_server: Server, ca_file: str) -> None:
-    running = Proxy("http", auth=True)
+    running = Proxy("http", auth=True)  # a proxy of this test only
     try:
         client = face.client(
             base_url=https_server.base_url, proxy=running.url("http"), verify=ca_file
         )
         out = face.stream("tunnelled", client=client)
         assert out.error is None and out.text == "tunnelled"
-        assert running.forwarded(https_server.port)
+        assert len(running.forwarded(https_server.port, count=1)) == 1
     finally:
         running.stop()
 

@@ -122,6 +122,8 @@ class BaseClient:
             seed=self._seed,
         )
         endpoints = self._endpoints if settings.base_urls == self.settings.base_urls else None
+        if endpoints is None or prefer not in endpoints.all:
+            prefer = None
         return Call(settings, request, endpoints, prefer)
 
 

@@ -24,10 +24,10 @@ from ._base import (
     FIRST_READ_SIZE,
     READ_SIZE,
     BaseClient,
-    Inside,
     BaseStream,
     Call,
     Completion,
+    Inside,
     Table,
     translating,
 )

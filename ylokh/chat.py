@@ -66,6 +66,7 @@ class Chat:
             self._messages.extend(loaded)
             self._trim()  # a loaded history longer than max_turns must not be sent whole
         self._twin: BaseClient | None = None
+        self._endpoint: Any = None  # several endpoints: the one that answered last
 
     def __repr__(self) -> str:
         count = len(self._messages)
@@ -163,10 +164,14 @@ class Chat:
         if not isinstance(prompt, str) or not prompt:
             raise InvalidRequestError("the prompt must be a non-empty str")
         user = {"role": "user", "content": prompt}
-        return [*self._messages, user], {**self.options, **options}
+        merged = {**self.options, **options}
+        if self._endpoint is not None:  # the endpoint of the last turn, while it is healthy
+            merged["_endpoint"] = self._endpoint
+        return [*self._messages, user], merged
 
     def _recorder(self, prompt: str) -> Any:
         def record(call: Call) -> None:
+            self._endpoint = call.prefer
             self._record(prompt, call.answer.text, call.answer.tool_calls)
 
         return record

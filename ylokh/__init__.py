@@ -41,7 +41,7 @@ from .provider import Ylokh
 if TYPE_CHECKING:
     from . import notebook
     from ._async import AsyncClient, AsyncStream
-    from ._batch import batch
+    from ._batch import BatchResult, abatch, batch
     from ._sync import Client, Stream
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "AsyncStream",
     "AuthenticationError",
     "BadRequestError",
+    "BatchResult",
     "Chat",
     "Client",
     "Completion",
@@ -67,6 +68,7 @@ __all__ = [
     "Ylokh",
     "YlokhError",
     "__version__",
+    "abatch",
     "acomplete",
     "astream",
     "batch",
@@ -82,6 +84,8 @@ _LAZY = {
     "AsyncClient": "._async",
     "AsyncStream": "._async",
     "batch": "._batch",
+    "abatch": "._batch",
+    "BatchResult": "._batch",
     "notebook": ".notebook",
 }
 
@@ -91,4 +95,11 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'ylokh' has no attribute {name!r}")
     loaded = importlib.import_module(module, __name__)
-    return loaded if name == "notebook" else getattr(loaded, name)
+    value = loaded if name == "notebook" else getattr(loaded, name)
+    globals()[name] = value  # once loaded, an attribute like any other
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names, the lazily imported ones included (tab completion finds them)."""
+    return sorted({*globals(), *__all__})

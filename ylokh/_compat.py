@@ -7,8 +7,8 @@ with a fallback to public API (tests run both sides).
 - ``socket_of``: the socket a urllib3 response reads from, so the sync face can bound
   each read by the call's deadlines; ``None`` leaves urllib3's read timeout alone.
 - ``close_delimited``: makes an aiohttp ``StreamResponse`` end its body by closing the
-  connection (the bundled server's ``framing=close`` fault); without the private flag it
-  falls back to HTTP/1.0, whose bodies are close-delimited by definition.
+  connection (the bundled server's ``framing=close`` fault); without the private flag
+  the body stays chunked and the connection still closes after it.
 """
 
 from __future__ import annotations
@@ -65,12 +65,12 @@ def socket_of(raw: Any) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def close_delimited(response: Any) -> None:
-    """Make an aiohttp ``StreamResponse`` (not yet prepared) close-delimited."""
-    if ENABLED and hasattr(type(response), "_length_check"):
+def close_delimited(response: Any) -> bool:
+    """Make an aiohttp ``StreamResponse`` (not yet prepared) end its body by closing the
+    connection; ``False`` when this aiohttp has no such switch (the body is then chunked,
+    and the connection still closes after it)."""
+    response.force_close()
+    if ENABLED and "_length_check" in dir(type(response)):
         response._length_check = False  # aiohttp would switch to chunked otherwise
-    else:
-        from aiohttp import HttpVersion10
-
-        response.force_close()
-        response.version = HttpVersion10
+        return True
+    return False

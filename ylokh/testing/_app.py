@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import HttpVersion11, web
 
+from .._compat import close_delimited
 from ._fault import Fault
 
 __all__ = ["FAULT_FIELD", "FAULT_HEADER", "RecordedRequest", "make_app"]
@@ -196,13 +197,6 @@ def _cut_in_half(ops: list[_Op]) -> tuple[list[_Op], int]:
 # --- Playing a response onto the socket --------------------------------------------------------
 
 
-class _CloseDelimitedResponse(web.StreamResponse):
-    """A response whose body ends when the connection closes (no length, no chunking)."""
-
-    # aiohttp would otherwise switch an HTTP/1.1 response without a length to chunked.
-    _length_check = False
-
-
 @dataclass
 class _Exchange:
     """One request being answered: where it came from and which fault applies."""
@@ -280,11 +274,9 @@ async def _play(
     if framing == "chunked" and ex.request.version < HttpVersion11:
         framing = "close"  # HTTP/1.0 has no chunked encoding
 
-    resp = (
-        _CloseDelimitedResponse(status=status)
-        if framing == "close"
-        else web.StreamResponse(status=status)
-    )
+    resp = web.StreamResponse(status=status)
+    if framing == "close":
+        close_delimited(resp)  # the one private switch, isolated in ylokh._compat
     if content_type is not None:
         resp.headers["Content-Type"] = content_type
     if fault.gzip:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,12 +13,6 @@ import requests
 import ylokh
 from ylokh import _compat
 from ylokh.testing import Server
-
-
-@pytest.fixture
-def fallback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(_compat, "ENABLED", False)
-    yield
 
 
 def test_the_probes_find_what_they_look_for_on_these_versions(server: Server) -> None:

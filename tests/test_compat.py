@@ -7,7 +7,6 @@ import http.client
 import socket
 from typing import Any
 
-import pytest
 import requests
 
 import ylokh

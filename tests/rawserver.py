@@ -148,7 +148,7 @@ class RawServer:
             buffer += data
         head, _, rest = buffer.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
-        method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+        method, target, _ = [*lines[0].split(" ", 2), "", ""][:3]
         headers = {}
         for line in lines[1:]:
             name, _, value = line.partition(":")
@@ -346,13 +346,14 @@ class Proxy:
         creds = f"{PROXY_USER}:{password}@" if self.auth else ""
         return f"{scheme}://{creds}127.0.0.1:{self.port}"
 
-    def forwarded(self, port: int, within: float = 2.0, more_than: int = 0) -> list[str]:
-        """The log lines of connections forwarded to ``127.0.0.1:port``, waiting up to
-        ``within`` seconds for more than ``more_than`` of them (pproxy logs a moment late)."""
+    def forwarded(self, port: int, count: int = 1, within: float = 5.0) -> list[str]:
+        """The log lines of connections forwarded to ``127.0.0.1:port``, once there are
+        ``count`` of them or ``within`` seconds have passed (``within=0``: now). Give each
+        test its own target port, so that no other test's line can count."""
         deadline = time.monotonic() + within
         while True:
             found = [line for line in self.log if line.endswith(f"-> 127.0.0.1:{port}")]
-            if len(found) > more_than or time.monotonic() > deadline:
+            if len(found) >= count or time.monotonic() >= deadline:
                 return found
             time.sleep(0.02)
 

@@ -286,24 +286,10 @@ def test_one_connection_for_100_async_calls(
 
 
 # -- the bulk de-chunker (sync face) ----------------------------------------------------------
-class _FakeHTTPResponse:
-    closed = 0
-
-    def close(self) -> None:
-        self.closed += 1
-
-
 def _dechunker() -> Any:
-    from ylokh._sync import _Dechunker
+    from ylokh._chunked import ChunkedDecoder
 
-    decoder = object.__new__(_Dechunker)
-    decoder._response = _FakeHTTPResponse()
-    decoder._left = 0
-    decoder._crlf = b""
-    decoder._rest = b""
-    decoder._trailer = False
-    decoder._done = False
-    return decoder
+    return ChunkedDecoder()
 
 
 def test_dechunker_gives_the_body_back_however_it_is_cut() -> None:
@@ -317,10 +303,9 @@ def test_dechunker_gives_the_body_back_however_it_is_cut() -> None:
         for b in (a + 1, a + 7, a + 300):
             decoder = _dechunker()
             pieces = [framed[:a], framed[a:b], framed[b:]]
-            out = b"".join(decoder._decode(p) for p in pieces if p)
+            out = b"".join(decoder.feed(p) for p in pieces if p)
             assert out == body, (a, b)
-            assert decoder._done
-            assert decoder._response.closed == 1
+            assert decoder.done
 
 
 @pytest.mark.parametrize(
@@ -335,7 +320,7 @@ def test_dechunker_rejects_malformed_framing(framed: bytes) -> None:
     import http.client
 
     with pytest.raises(http.client.HTTPException):
-        _dechunker()._decode(framed)
+        _dechunker().feed(framed)
 
 
 def test_sync_stream_is_identical_through_the_bulk_reader(big_server: Server) -> None:

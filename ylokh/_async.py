@@ -14,7 +14,7 @@ import contextlib
 import ssl
 import weakref
 import zlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -74,30 +74,7 @@ class AsyncClient(BaseClient):
         InvalidRequestError: a setting is invalid.
     """
 
-    def __init__(
-        self,
-        *,
-        base_url: str | list[str] | tuple[str, ...] | None = None,
-        api_key: str | None = None,
-        timeout: object = None,
-        max_retries: int | None = None,
-        proxy: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        verify: bool | str = True,
-        model: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(
-            base_url=base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            proxy=proxy,
-            headers=headers,
-            verify=verify,
-            model=model,
-            env=env,
-        )
+    def _setup(self) -> None:
         self._sessions: dict[object, aiohttp.ClientSession] = {}
         self._ssl: dict[object, ssl.SSLContext | bool] = {}
         self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep

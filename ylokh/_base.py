@@ -56,7 +56,7 @@ logger.addHandler(logging.NullHandler())  # a library adds no output of its own
 
 class BaseClient:
     """Settings and request building, shared by :class:`ylokh.Client` and
-    :class:`ylokh.AsyncClient`."""
+    :class:`ylokh.AsyncClient` (whose real keyword arguments this ``__init__`` shows)."""
 
     def __init__(
         self,
@@ -89,6 +89,10 @@ class BaseClient:
             from ._endpoints import Endpoints
 
             self._endpoints = Endpoints(self.settings.base_urls)
+        self._setup()
+
+    def _setup(self) -> None:
+        """What a face keeps beside the settings (its sessions, its sleep)."""
 
     def __repr__(self) -> str:
         if self._endpoints is not None:

@@ -12,7 +12,7 @@ import http.client
 import ssl
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import requests
@@ -31,6 +31,7 @@ from ._base import (
     Table,
     translating,
 )
+from ._chunked import ChunkedDecoder
 from ._errors import SOCKS_HINT, Failure, InvalidRequestError, YlokhError
 
 #: requests/urllib3/socket exceptions -> what failed (``Inside``: a wrapper, look inside).
@@ -87,30 +88,7 @@ class Client(BaseClient):
         InvalidRequestError: a setting is invalid.
     """
 
-    def __init__(
-        self,
-        *,
-        base_url: str | list[str] | tuple[str, ...] | None = None,
-        api_key: str | None = None,
-        timeout: object = None,
-        max_retries: int | None = None,
-        proxy: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        verify: bool | str = True,
-        model: str | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(
-            base_url=base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            proxy=proxy,
-            headers=headers,
-            verify=verify,
-            model=model,
-            env=env,
-        )
+    def _setup(self) -> None:
         self._session: requests.Session | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._sleep: Callable[[float], None] = time.sleep
@@ -346,103 +324,30 @@ def _reader(raw: Any) -> Callable[[], bytes]:
 
 
 class _Dechunker:
-    """Reads a chunked body from the socket's buffered file and removes the framing in
-    bulk: one ``read1`` of up to :data:`READ_SIZE` bytes gives back the data of every HTTP
-    chunk in it. It takes over wherever ``http.client`` left off (mid-chunk included).
-    Framing errors raise what ``http.client`` raises; the face's table names them.
-    """
+    """Reads a chunked body from the socket's buffered file, many HTTP chunks per read:
+    the core's :class:`~ylokh._chunked.ChunkedDecoder` removes the framing. It takes over
+    wherever ``http.client`` left off (mid-chunk included)."""
 
-    __slots__ = ("_crlf", "_done", "_file", "_left", "_response", "_rest", "_trailer")
+    __slots__ = ("_decoder", "_file", "_response")
 
     def __init__(self, response: http.client.HTTPResponse):
         self._response = response
         self._file = response.fp
-        left = response.chunk_left
-        self._left = 0 if left is None else left  # data still due in the current chunk
-        self._crlf = b"" if left is None else b"\r\n"  # the CRLF due after it
-        self._rest = b""  # an unfinished chunk-size or trailer line
-        self._trailer = False
-        self._done = False
+        self._decoder = ChunkedDecoder(response.chunk_left)
 
     def read(self) -> bytes:
         """The body bytes that arrived (waiting for some); ``b""`` at the end."""
-        if self._done:
-            return b""
-        while True:
+        decoder = self._decoder
+        while not decoder.done:
             data = self._file.read1(READ_SIZE)
             if not data:
-                if not self._trailer:
-                    raise http.client.IncompleteRead(b"")
-                self._finish()  # as http.client, an end inside the trailer is an end
-                return b""
-            out = self._decode(data)
-            if out or self._done:
-                return out
-
-    def _decode(self, data: bytes) -> bytes:
-        if self._rest:
-            data = self._rest + data
-            self._rest = b""
-        out: list[bytes] = []
-        pos = 0
-        end = len(data)
-        left = self._left
-        crlf = self._crlf
-        while pos < end:
-            if left:  # inside a chunk's data
-                take = min(left, end - pos)
-                out.append(data[pos : pos + take])
-                left -= take
-                pos += take
-                continue
-            if crlf:  # the CRLF after a chunk's data, checked
-                if end - pos < len(crlf):
-                    if data[pos:end] != crlf[: end - pos]:
-                        raise _bad_framing(data[pos:end])
-                    crlf = crlf[end - pos :]
-                    break
-                if data[pos : pos + len(crlf)] != crlf:
-                    raise _bad_framing(data[pos : pos + 2])
-                pos += len(crlf)
-                crlf = b""
-                continue
-            newline = data.find(b"\n", pos)
-            if newline < 0:
-                self._rest = data[pos:]
-                if len(self._rest) > 65536:
-                    raise http.client.LineTooLong("chunk size")
-                break
-            line = data[pos : newline + 1]
-            pos = newline + 1
-            if self._trailer:
-                if line in (b"\r\n", b"\n"):
-                    self._finish()
-                    break
-                continue
-            if not line.endswith(b"\r\n"):
-                raise _bad_framing(line)
-            try:
-                size = int(line.split(b";", 1)[0], 16)
-            except ValueError:
-                raise _bad_framing(line) from None
-            if size < 0:
-                raise _bad_framing(line)
-            if size == 0:
-                self._trailer = True
+                decoder.end()  # raises unless the body was in its trailer
             else:
-                left = size
-                crlf = b"\r\n"
-        self._left = left
-        self._crlf = crlf
-        return out[0] if len(out) == 1 else b"".join(out)
-
-    def _finish(self) -> None:
-        self._done = True
+                out = decoder.feed(data)
+                if out:
+                    return out
         self._response.close()  # the body is read: http.client lets the connection go
-
-
-def _bad_framing(data: bytes) -> http.client.HTTPException:
-    return http.client.HTTPException(f"malformed chunked body near {data[:40]!r}")
+        return b""
 
 
 def _bound(raw: Any, call: Call) -> None:

@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._protocol import FIRST_READ_SIZE, Request, ResponseParser
 from ._retry import areplay, async_retrying, is_retryable
+from ._stats import Stats
 
 _Opened = tuple[aiohttp.ClientResponse, ResponseParser, list[str], bool]
 
@@ -120,8 +121,9 @@ class AsyncClient(BaseClient):
         return context
 
     async def _attempt(
-        self, request: Request, settings: Settings, deadline: float | None
+        self, request: Request, settings: Settings, deadline: float | None, stats: Stats
     ) -> _Opened:
+        stats.attempts += 1
         timeout = settings.timeout
         total = None if deadline is None else max(deadline - time.monotonic(), 0.001)
         proxy, proxy_headers = _split_proxy(settings.proxy)
@@ -142,6 +144,7 @@ class AsyncClient(BaseClient):
             )
         except Exception as exc:
             raise _map_error(exc, request, settings) from exc
+        stats.headers(time.monotonic())
         parser = ResponseParser(request.secrets)
         try:
             parser.start(response.status, response.headers)
@@ -177,8 +180,10 @@ class AsyncClient(BaseClient):
         settings = exchange.settings
         deadline = deadline_of(settings)
         exchange.started = time.monotonic()
+        stats = exchange.stats
+        stats.started(exchange.started)
         try:
-            opened = await self._attempt(exchange.request, settings, deadline)
+            opened = await self._attempt(exchange.request, settings, deadline, stats)
         except YlokhError as exc:
             if not settings.max_retries or not is_retryable(exc):
                 raise
@@ -186,9 +191,10 @@ class AsyncClient(BaseClient):
                 exchange.request.url, settings.max_retries, deadline, sleep=self._sleep
             )
             attempt = areplay(exc, self._attempt)
-            opened = await policy(attempt, exchange.request, settings, deadline)
+            opened = await policy(attempt, exchange.request, settings, deadline, stats)
         exchange.parser = opened[1]
         exchange.first_byte = time.monotonic()
+        stats.reads.append((exchange.first_byte, len(opened[2])))
         return opened
 
 
@@ -248,7 +254,12 @@ class _Loop:
 
 async def _run(client: AsyncClient, exchange: Exchange) -> AsyncGenerator[str, None]:
     """Read one answer: open it (retried), then hand out deltas as bytes arrive."""
-    response, parser, deltas, ended = await client._open(exchange)
+    stats = exchange.stats
+    try:
+        response, parser, deltas, ended = await client._open(exchange)
+    except BaseException:
+        stats.ended(time.monotonic())
+        raise
     exchange.close = response.close
     settings = exchange.settings
     try:
@@ -256,6 +267,8 @@ async def _run(client: AsyncClient, exchange: Exchange) -> AsyncGenerator[str, N
             yield text
         if not ended:
             readany = response.content.readany
+            mark = stats.reads.append  # one C call per socket read: no Python call per chunk
+            now = time.monotonic
             while parser.pending is None:
                 try:
                     data = await readany()
@@ -266,12 +279,16 @@ async def _run(client: AsyncClient, exchange: Exchange) -> AsyncGenerator[str, N
                     data = b""
                 if not data:
                     break
-                for text in parser.feed(data):
+                deltas = parser.feed(data)
+                mark((now(), len(deltas)))
+                for text in deltas:
                     yield text
             else:  # an error came with deltas: they went out first, now the error
                 raise parser.pending
             last = parser.close()
             response.release()
+            if last:
+                mark((now(), len(last)))
             for text in last:
                 yield text
         if parser.pending is not None:
@@ -290,6 +307,7 @@ async def _run(client: AsyncClient, exchange: Exchange) -> AsyncGenerator[str, N
         raise error from exc
     finally:
         response.close()
+        stats.ended(time.monotonic(), parser.usage, parser.timings)
         exchange.log_end()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from ._config import Settings, resolve_settings
 from ._protocol import Request, ResponseParser, build_request
+from ._stats import Stats
 
 #: Options that configure the connection; every other keyword goes into the payload.
 SETTING_NAMES = frozenset(
@@ -115,6 +116,7 @@ class Exchange:
         "request",
         "settings",
         "started",
+        "stats",
     )
 
     def __init__(self, settings: Settings, request: Request) -> None:
@@ -126,6 +128,7 @@ class Exchange:
         self.on_complete: list[Callable[[Exchange], None]] = []
         self.completed = False
         self.close: Callable[[], None] | None = None  # closes the response, once opened
+        self.stats = Stats(settings.base_url)
 
     @property
     def text(self) -> str:
@@ -220,6 +223,11 @@ class BaseStream:
         """The model's ``reasoning_content``, kept apart from the text."""
         return self._exchange.reasoning
 
+    @property
+    def stats(self) -> Stats:
+        """The measurements of this answer (:class:`ylokh.Stats`), final once it ended."""
+        return self._exchange.stats
+
 
 class Completion(str):
     """A whole answer: a ``str``, with ``finish_reason``, ``usage``, ``tool_calls`` and
@@ -229,6 +237,7 @@ class Completion(str):
     usage: dict[str, Any] | None
     tool_calls: list[dict[str, Any]]
     reasoning: str
+    stats: Stats
 
     @classmethod
     def of(cls, stream: BaseStream | Exchange) -> Completion:
@@ -238,4 +247,5 @@ class Completion(str):
         completion.usage = stream.usage
         completion.tool_calls = stream.tool_calls
         completion.reasoning = stream.reasoning
+        completion.stats = stream.stats
         return completion

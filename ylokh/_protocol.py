@@ -266,6 +266,7 @@ class ResponseParser:
         self.parts: list[str] = []
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
+        self.timings: dict[str, Any] | None = None  # llama.cpp's own per-request timings
         self.reasoning_parts: list[str] = []
         self._tool_calls: dict[int, dict[str, Any]] = {}
         self.done = False
@@ -484,6 +485,9 @@ class ResponseParser:
         usage = chunk.get("usage")
         if usage:
             self.usage = usage
+        timings = chunk.get("timings")
+        if timings and type(timings) is dict:
+            self.timings = timings
 
     def _on_choice(self, choice: Any, out: list[str]) -> None:
         delta = choice.get("delta") or choice.get("message")
@@ -591,6 +595,8 @@ class ResponseParser:
         self._on_choice(choices[0], out)
         if obj.get("usage"):
             self.usage = obj["usage"]
+        if type(obj.get("timings")) is dict:
+            self.timings = obj["timings"]
         self.done = True
         return out
 

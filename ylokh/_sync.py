@@ -32,6 +32,7 @@ from ._errors import (
 )
 from ._protocol import FIRST_READ_SIZE, Request, ResponseParser
 from ._retry import is_retryable, replay, retrying
+from ._stats import Stats
 
 READ_SIZE = 1 << 16
 _Opened = tuple[requests.Response, ResponseParser, list[str], bool]
@@ -112,7 +113,10 @@ class Client(BaseClient):
         return Completion.of(exchange)
 
     # -- the I/O path ----------------------------------------------------------------------
-    def _attempt(self, request: Request, settings: Settings, deadline: float | None) -> _Opened:
+    def _attempt(
+        self, request: Request, settings: Settings, deadline: float | None, stats: Stats
+    ) -> _Opened:
+        stats.attempts += 1
         timeout = settings.timeout
         read = _remaining(timeout.read, deadline)
         proxy = settings.proxy
@@ -131,6 +135,7 @@ class Client(BaseClient):
             )
         except Exception as exc:
             raise _map_error(exc, request, settings, deadline) from exc
+        stats.headers(time.monotonic())
         parser = ResponseParser(request.secrets)
         try:
             parser.start(response.status_code, response.headers)
@@ -157,17 +162,22 @@ class Client(BaseClient):
         settings = exchange.settings
         deadline = deadline_of(settings)
         exchange.started = time.monotonic()
+        stats = exchange.stats
+        stats.started(exchange.started)
         try:
-            opened = self._attempt(exchange.request, settings, deadline)
+            opened = self._attempt(exchange.request, settings, deadline, stats)
         except YlokhError as exc:
             if not settings.max_retries or not is_retryable(exc):
                 raise
             policy = retrying(
                 exchange.request.url, settings.max_retries, deadline, sleep=self._sleep
             )
-            opened = policy(replay(exc, self._attempt), exchange.request, settings, deadline)
+            opened = policy(
+                replay(exc, self._attempt), exchange.request, settings, deadline, stats
+            )
         exchange.parser = opened[1]
         exchange.first_byte = time.monotonic()
+        stats.reads.append((exchange.first_byte, len(opened[2])))
         return opened
 
 
@@ -209,13 +219,20 @@ def _loop(iterator: Generator[str, None, None]) -> Generator[str, None, None]:
 
 def _run(client: Client, exchange: Exchange) -> Generator[str, None, None]:
     """Read one answer: open it (retried), then hand out deltas as bytes arrive."""
-    response, parser, deltas, ended = client._open(exchange)
+    stats = exchange.stats
+    try:
+        response, parser, deltas, ended = client._open(exchange)
+    except BaseException:
+        stats.ended(time.monotonic())
+        raise
     settings = exchange.settings
     try:
         yield from deltas
         if not ended:
             raw = response.raw
             read = _reader(raw)
+            mark = stats.reads.append  # one C call per socket read: no Python call per chunk
+            now = time.monotonic
             total = settings.timeout.total
             deadline = None if total is None else exchange.started + total
             while parser.pending is None:
@@ -230,11 +247,15 @@ def _run(client: Client, exchange: Exchange) -> Generator[str, None, None]:
                     data = b""
                 if not data:
                     break
-                yield from parser.feed(data)
+                deltas = parser.feed(data)
+                mark((now(), len(deltas)))
+                yield from deltas
             else:  # an error came with deltas: they went out first, now the error
                 raise parser.pending
             last = parser.close()
             _release(response)
+            if last:
+                mark((now(), len(last)))
             yield from last
         if parser.pending is not None:
             raise parser.pending
@@ -254,6 +275,7 @@ def _run(client: Client, exchange: Exchange) -> Generator[str, None, None]:
         raise error from exc
     finally:
         response.close()
+        stats.ended(time.monotonic(), parser.usage, parser.timings)
         exchange.log_end()
 
 

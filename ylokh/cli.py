@@ -156,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
     serve.add_argument("--api-key", help="require this key (Authorization: Bearer KEY)")
     serve.add_argument("--model", default="ylokh-echo", help="the model name to report")
+    # -- bench: known latencies (the same flags as python -m ylokh.testing's) --
+    latency = serve.add_argument_group("latency (known latencies, to check a benchmark)")
+    latency.add_argument("--ttft", type=float, default=0.0, help="seconds to the first chunk")
+    latency.add_argument("--itl", type=float, default=0.0, help="seconds between chunks")
+    latency.add_argument("--jitter", type=float, default=0.0, help="vary each by this fraction")
+    latency.add_argument("--tokens", type=int, default=None, help="content chunks per answer")
+    # -- end bench --
     _debug_flag(serve, argparse.SUPPRESS)
     return parser
 
@@ -447,6 +454,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 # -- serve -----------------------------------------------------------------------------------
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .testing import Fault, serve
+    from .testing._latency import latency_of
 
     try:
         Fault.parse(args.fault)
@@ -455,8 +463,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.delay < 0:
         raise UsageError("--delay must not be negative")
     try:
+        latency = latency_of(args)
+    except ValueError as exc:
+        raise UsageError(f"--ttft/--itl/--jitter: {exc}") from None
+    try:
         serve(args.host, args.port, fault=args.fault, delay=args.delay, api_key=args.api_key,
-              model=args.model)  # fmt: skip
+              model=args.model, chunks=args.tokens, ttft=latency.ttft, itl=latency.itl,
+              jitter=latency.jitter)  # fmt: skip
     except OSError as exc:
         raise APIConnectionError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
     return EXIT_OK  # Ctrl-C is how a server is meant to stop

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ._fault import Fault
+from ._latency import add_latency_flags, latency_of
 from ._server import serve
 
 
@@ -22,19 +23,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
     parser.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
     parser.add_argument("--model", default="ylokh-echo", help="model name to report")
+    add_latency_flags(parser)
     args = parser.parse_args(argv)
     try:
         Fault.parse(args.fault)
+        latency = latency_of(args)
     except ValueError as exc:
         parser.error(str(exc))
     serve(
         args.host,
         args.port,
         fault=args.fault,
-        chunks=args.chunks,
+        chunks=args.chunks if args.tokens is None else args.tokens,
         delay=args.delay,
         api_key=args.api_key,
         model=args.model,
+        ttft=latency.ttft,
+        itl=latency.itl,
+        jitter=latency.jitter,
     )
     return 0
 

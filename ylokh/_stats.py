@@ -165,9 +165,9 @@ class Stats:
     @property
     def tokens_per_second(self) -> float | None:
         """Generation speed: after the first token (``1 / time_per_output_token``) when the
-        text came in several deltas, else tokens over the whole duration (a completion).
+        text came in several reads, else tokens over the whole duration (a completion).
         Counts text deltas when the server gave no token count (see ``tokens_estimated``)."""
-        if self.chunks > 1:
+        if sum(1 for _, n in self.reads if n) > 1:  # text over time, not all in one read
             tpot = self.time_per_output_token
             return 1 / tpot if tpot else None
         duration, tokens = self.duration, self.tokens

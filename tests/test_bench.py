@@ -8,6 +8,7 @@ milliseconds): the precise figures are measured in ``python -m benchmarks --scen
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 import subprocess
@@ -54,7 +55,9 @@ def check_shape(doc: dict[str, Any]) -> None:
         assert level["goodput"] is None or 0 <= level["goodput"] <= 1
 
 
-def _ylokh(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _ylokh(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ylokh", *args],
         cwd=cwd, capture_output=True, text=True, timeout=120, env=env, check=False,
@@ -128,9 +131,7 @@ def test_import_ylokh_does_not_import_the_bench() -> None:
         "bad = [m for m in ('ylokh.bench', 'matplotlib', 'aiohttp') if m in sys.modules]\n"
         "print(bad)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
 
 
@@ -189,7 +190,7 @@ def test_rate_levels_are_paced_by_seeded_absolute_times(server: Server) -> None:
     planned = bench._poisson_times(40, 60, 60 / 40, __import__("random").Random(7))
     assert len(level.send_times) == 60
     # each request left at its planned time (generous: a loaded machine is late)
-    late = [sent - due for sent, due in zip(level.send_times, planned)]
+    late = [sent - due for sent, due in zip(level.send_times, planned, strict=True)]
     assert all(-0.001 <= d < 0.25 for d in late), max(late)
     assert level.ok == 60
     assert 30 < level.request_rate < 44
@@ -201,7 +202,7 @@ def test_poisson_gaps_are_exponential_ks() -> None:
 
     rate = 50.0
     times = bench._poisson_times(rate, 5000, 5000 / rate, random.Random(1))
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert stats.kstest(gaps, "expon", args=(0, 1 / rate)).pvalue > 0.01
     # and not, say, evenly spaced or uniform gaps: the test can tell
     even = [1 / rate] * len(gaps)

@@ -19,6 +19,7 @@ The recording interface, in call order::
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -131,13 +132,14 @@ class Stats:
     def inter_token_latencies(self) -> list[float]:
         """The gaps between consecutive text deltas, in seconds."""
         times = self.token_times
-        return [b - a for a, b in zip(times, times[1:])]
+        return [b - a for a, b in itertools.pairwise(times)]
 
     @property
     def output_tokens(self) -> int | None:
         """Tokens generated: ``usage.completion_tokens``, else the server's timings
         (llama.cpp ``predicted_n``), else ``None``."""
-        for source, key in ((self.usage, "completion_tokens"), (self.server_timings, "predicted_n")):
+        sources = ((self.usage, "completion_tokens"), (self.server_timings, "predicted_n"))
+        for source, key in sources:
             value = source.get(key) if source else None
             if type(value) is int and value >= 0:
                 return value

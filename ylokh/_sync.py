@@ -172,9 +172,7 @@ class Client(BaseClient):
             policy = retrying(
                 exchange.request.url, settings.max_retries, deadline, sleep=self._sleep
             )
-            opened = policy(
-                replay(exc, self._attempt), exchange.request, settings, deadline, stats
-            )
+            opened = policy(replay(exc, self._attempt), exchange.request, settings, deadline, stats)
         exchange.parser = opened[1]
         exchange.first_byte = time.monotonic()
         stats.reads.append((exchange.first_byte, len(opened[2])))

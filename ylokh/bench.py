@@ -300,7 +300,9 @@ class BenchResult:
                 ]
             )
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths).rstrip())
         ceiling = self.client_ceiling
         if ceiling:
@@ -314,7 +316,7 @@ class BenchResult:
                 "their figures measure this machine, not only the server"
             )
         if any(level.to_dict()["tokens_estimated"] for level in self.levels):
-            lines.append("~ tokens estimated: the server sent no token counts (text deltas counted)")
+            lines.append("~ tokens estimated: the server sent no token counts (deltas counted)")
         for level in self.levels:
             for name, count in level.errors.items():
                 lines.append(f"{_load(level)}: {count} x {name}")
@@ -498,21 +500,21 @@ def plot(result: BenchResult, path: str | os.PathLike[str] | None = None) -> byt
         thr.bar(xs, tok, width=0.55, color="#ff7f0e", alpha=0.75,
                 label="output tokens/s" + (" (estimated)" if estimated else ""))  # fmt: skip
         thr.set_ylabel("output tokens/s", color="#c05a00")
-        thr.set_ylim(0, max(tok + [1.0]) * 1.25)
+        thr.set_ylim(0, max([*tok, 1.0]) * 1.25)
         twin = thr.twinx()
         twin.plot(xs, req, "s-", color="#17607a", label="requests/s")
-        for x, r in zip(xs, req):
+        for x, r in zip(xs, req, strict=True):
             twin.annotate(f"{r:.1f}", (x, r), textcoords="offset points", xytext=(0, 7),
                           ha="center", fontsize=8, color="#17607a")  # fmt: skip
         twin.set_ylabel("requests/s", color="#17607a")
-        twin.set_ylim(0, max(req + [1.0]) * 1.25)
+        twin.set_ylim(0, max([*req, 1.0]) * 1.25)
         thr.set_title(f"Throughput against {mode}")
         thr.grid(True, axis="y", alpha=0.3)
         for ax in (lat, thr):
             ax.set_xticks(xs, ticks)
             ax.set_xlabel(xlabel)
             ax.set_xlim(-0.6, len(xs) - 0.4)
-            for x, level in zip(xs, levels):
+            for x, level in zip(xs, levels, strict=True):
                 if level.client_bound:
                     ax.axvspan(x - 0.45, x + 0.45, color="red", alpha=0.08, lw=0)
         handles, labels = thr.get_legend_handles_labels()
@@ -861,8 +863,7 @@ def _ceiling_events(chunks: int) -> list[bytes]:
     last = (
         '{"id":"c","object":"chat.completion.chunk","created":0,"model":"m",'
         '"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
-        '"usage":{"prompt_tokens":1,"completion_tokens":%d,"total_tokens":%d}}'
-        % (chunks, chunks + 1)
+        f'"usage":{{"prompt_tokens":1,"completion_tokens":{chunks},"total_tokens":{chunks + 1}}}}}'
     )
     events = [f"data: {chunk % f'w{i} '}\n\n".encode() for i in range(chunks)]
     events += [f"data: {last}\n\n".encode(), b"data: [DONE]\n\n"]
@@ -888,7 +889,7 @@ async def client_ceiling(seconds: float = 0.6, concurrency: int = 16) -> dict[st
             async with AsyncClient(base_url=f"http://127.0.0.1:{port}/v1", max_retries=0) as c:
                 done = [0, 0]  # requests, chunks
 
-                async def worker(end: float) -> None:
+                async def worker(end: float, done: list[int] = done) -> None:
                     while loop.time() < end:
                         sample = await _measure(c.stream("ceiling", model="m"))
                         done[0] += 1

@@ -90,7 +90,7 @@ class _Options:
     delay: float
     api_key: str | None
     model: str
-    latency: Latency = Latency()
+    latency: Latency = field(default_factory=Latency)
 
 
 class _State:

@@ -721,8 +721,9 @@ async def arun(
             return _measure(client.stream(prompt, model=model, **payload))
 
         for mode, value in levels:
-            if warmup:
-                await asyncio.gather(*(call() for _ in range(warmup)))
+            if warmup:  # a concurrency level warms one call per slot: all its connections
+                calls = max(warmup, int(value)) if mode == "concurrency" else warmup
+                await asyncio.gather(*(call() for _ in range(calls)))
             bar.label = f"{mode} {value:g}"
             bar.total = requests if duration is None else None
             bar.done = bar.failed = 0
@@ -767,7 +768,8 @@ def run(base_url: str | list[str], **kwargs: Any) -> BenchResult:
     Arguments (keywords): ``model``; ``concurrency`` (levels: calls kept in flight) and/or
     ``rate`` (levels: mean requests per second, Poisson arrivals); ``requests`` per level
     (default 50) or ``duration`` seconds per level; ``warmup`` calls before each level, not
-    counted (default 2); ``prompt`` (a str or messages); ``max_tokens`` (default 128);
+    counted (default 2; a concurrency level makes at least one per slot, so all its
+    connections are open before it is measured); ``prompt`` (a str or messages); ``max_tokens`` (default 128);
     ``slo`` (``"ttft=0.5,itl=0.05,e2e=10"`` or a dict, seconds); ``seed`` for the arrival
     times; ``api_key``, ``timeout``; ``calibrate`` (measure the client's ceiling first,
     default True); ``progress`` (a live line on stderr; default: when it is a terminal);

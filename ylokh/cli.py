@@ -206,7 +206,12 @@ def _bench_parser(commands: Any) -> None:
     size.add_argument("--requests", type=int, default=50, help="requests per level (default 50)")
     size.add_argument("--duration", type=float, help="seconds per level (instead of --requests)")
     more = bench.add_argument_group("requests")
-    more.add_argument("--warmup", type=int, default=2, help="uncounted calls before each level")
+    more.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="uncounted calls before each level (default 2; at least one per slot)",
+    )
     prompt = more.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", help="the prompt of every request")
     prompt.add_argument("--prompt-file", help="read the prompt from this file")

@@ -1,0 +1,221 @@
+"""The ``bench`` scenario: can ``ylokh bench``'s figures be trusted?
+
+    python -m benchmarks --scenarios bench [--quick]
+
+1. accuracy: the bundled server plays answers at known latencies (TTFT 200 ms, ITL 20 ms,
+   64 tokens) in its own process; ``ylokh.bench`` at concurrency 1, 16 and 64 must report
+   p50 TTFT and ITL within 5% of the truth and p99 within 10%.
+2. ceiling: chunks/s of ``ylokh.bench`` (all its bookkeeping) against the near-zero-latency
+   benchmark server, side by side with a hand-written aiohttp loop (``contenders.raw_aiohttp``,
+   parsing every event), interleaved in one run, 200-chunk answers, at several concurrencies.
+3. rate accuracy: ``--rate 50`` for 20 s against the bundled server: the achieved rate
+   within 2% of 50, and the send gaps exponential (Kolmogorov-Smirnov, with scipy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TTFT, ITL, TOKENS = 0.2, 0.02, 64
+
+
+class BundledServer:
+    """``python -m ylokh.testing`` in its own process (pinned to core 1 when asked)."""
+
+    def __init__(self, *flags: str, pin: bool) -> None:
+        cmd = [sys.executable, "-m", "ylokh.testing", "--port", "0", *flags]
+        if pin:
+            cmd = ["taskset", "-c", "1", *cmd]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        urls = [w for w in line.split() if w.startswith("http")]
+        if not urls:
+            self.proc.kill()
+            raise SystemExit(f"the bundled server did not start: {line!r}")
+        self.base_url = urls[0]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _error(measured: float | None, truth: float) -> float:
+    return float("nan") if measured is None else (measured - truth) / truth
+
+
+def accuracy(quick: bool, pin: bool) -> dict[str, Any]:
+    """Reported TTFT and ITL against the server's known latencies."""
+    import ylokh.bench
+
+    flags = ["--tokens", str(TOKENS), "--ttft", str(TTFT), "--itl", str(ITL)]
+    server = BundledServer(*flags, pin=pin)
+    levels: dict[str, Any] = {}
+    try:
+        for concurrency, requests in ((1, 6 if quick else 30), (16, 32 if quick else 128),
+                                      (64, 64 if quick else 256)):  # fmt: skip
+            result = ylokh.bench.run(
+                server.base_url, concurrency=concurrency, requests=requests, warmup=4,
+                max_tokens=TOKENS, calibrate=False, progress=False,
+            )  # fmt: skip
+            doc = result.to_dict()["levels"][0]
+            row: dict[str, Any] = {"requests": requests, "ok": doc["ok"]}
+            for key, truth in (("ttft_s", TTFT), ("itl_s", ITL)):
+                for stat in ("p50", "p99"):
+                    row[f"{key}_{stat}"] = doc[key][stat]
+                    row[f"{key}_{stat}_error"] = _error(doc[key][stat], truth)
+            row["client_bound"] = doc["client_bound"]
+            row["lag_p99_ms"] = result.levels[0].lag_p99 * 1000
+            row["ok_p50"] = all(abs(row[f"{k}_p50_error"]) <= 0.05 for k in ("ttft_s", "itl_s"))
+            row["ok_p99"] = all(abs(row[f"{k}_p99_error"]) <= 0.10 for k in ("ttft_s", "itl_s"))
+            levels[str(concurrency)] = row
+    finally:
+        server.close()
+    return {"truth": {"ttft_s": TTFT, "itl_s": ITL, "tokens": TOKENS}, "levels": levels}
+
+
+async def _bench_rate(base_url: str, concurrency: int, requests: int, chunks: int) -> float:
+    import ylokh.bench
+
+    result = await ylokh.bench.arun(
+        base_url, model="gemma", concurrency=concurrency, requests=requests, warmup=0,
+        max_tokens=chunks, calibrate=False, progress=False,
+    )  # fmt: skip
+    level = result.levels[0]
+    if level.ok != requests:
+        raise SystemExit(f"bench: {level.errors}")
+    return level.chunk_rate
+
+
+async def _aiohttp_rate(base_url: str, concurrency: int, requests: int, chunks: int) -> float:
+    from .contenders import raw_aiohttp
+
+    contender = raw_aiohttp(base_url)
+    count = itertools.count()
+    got = [0]
+
+    async def worker() -> None:
+        while next(count) < requests:
+            text = await contender.consume(chunks)
+            got[0] += chunks if text else 0
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, 8))))  # warm up
+        count = itertools.count()
+        got[0] = 0
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        spent = time.perf_counter() - start
+    finally:
+        await contender.close()
+    return got[0] / spent
+
+
+def ceiling(base_url: str, quick: bool, rounds: int) -> dict[str, Any]:
+    """The bench's chunk rate against the hand-written aiohttp loop, interleaved."""
+    import statistics
+
+    chunks = 200
+    out: dict[str, Any] = {"chunks": chunks, "levels": {}}
+    for concurrency in (1, 16, 64) if quick else (1, 16, 64, 256):
+        requests = max(concurrency * 2, 8) if quick else max(concurrency * 4, 40)
+        runs: dict[str, list[float]] = {"ylokh bench": [], "raw aiohttp": []}
+        for r in range(rounds):
+            order = list(runs) if r % 2 == 0 else list(reversed(runs))
+            for name in order:
+                run = _bench_rate if name == "ylokh bench" else _aiohttp_rate
+                runs[name].append(asyncio.run(run(base_url, concurrency, requests, chunks)))
+        ratio = statistics.median(
+            b / a for b, a in zip(runs["ylokh bench"], runs["raw aiohttp"], strict=True)
+        )
+        out["levels"][str(concurrency)] = {
+            "requests": requests,
+            "ylokh bench": statistics.median(runs["ylokh bench"]),
+            "raw aiohttp": statistics.median(runs["raw aiohttp"]),
+            "vs_raw": ratio,
+            "runs": runs,
+        }
+    return out
+
+
+def rate_accuracy(quick: bool, pin: bool) -> dict[str, Any]:
+    """``rate=50`` for 20 s: the achieved rate and a KS test of the send gaps."""
+    import ylokh.bench
+
+    rate, seconds = 50.0, 5.0 if quick else 20.0
+    server = BundledServer(pin=pin)
+    try:
+        result = ylokh.bench.run(
+            server.base_url, rate=rate, duration=seconds, warmup=2, calibrate=False,
+            progress=False,
+        )  # fmt: skip
+    finally:
+        server.close()
+    level = result.levels[0]
+    sends = level.send_times
+    send_rate = (len(sends) - 1) / (sends[-1] - sends[0])
+    out: dict[str, Any] = {
+        "rate": rate,
+        "seconds": seconds,
+        "requests": len(level.samples),
+        "ok": level.ok,
+        "request_rate": level.request_rate,
+        "request_rate_error": level.request_rate / rate - 1,
+        "send_rate": send_rate,
+        "send_rate_error": send_rate / rate - 1,
+        "lag_p99_ms": level.lag_p99 * 1000,
+    }
+    try:
+        from scipy import stats
+    except ImportError:
+        out["ks_pvalue"] = None
+    else:
+        gaps = [b - a for a, b in itertools.pairwise(sends)]
+        out["ks_pvalue"] = float(stats.kstest(gaps, "expon", args=(0, 1 / rate)).pvalue)
+    out["ok_rate"] = abs(out["request_rate_error"]) <= 0.02
+    return out
+
+
+def scenario_bench(base_url: str, quick: bool, rounds: int, pin: bool) -> dict[str, Any]:
+    """All three measurements; ``base_url`` is the benchmark server (near-zero latency)."""
+    return {
+        "accuracy": accuracy(quick, pin),
+        "ceiling": ceiling(base_url, quick, rounds),
+        "rate": rate_accuracy(quick, pin),
+    }
+
+
+def table(res: dict[str, Any]) -> str:
+    """The scenario's figures as text."""
+    lines = ["bench accuracy (truth: TTFT 200 ms, ITL 20 ms, 64 tokens)"]
+    lines.append("  c     ttft p50  err    ttft p99  err    itl p50  err    itl p99  err    ok")
+    for c, row in res["accuracy"]["levels"].items():
+        cells = [f"  {c:<4}"]
+        for key in ("ttft_s_p50", "ttft_s_p99", "itl_s_p50", "itl_s_p99"):
+            cells.append(f"{row[key] * 1000:7.1f}  {row[key + '_error']:+6.1%}")
+        verdict = "yes" if row["ok_p50"] and row["ok_p99"] else "NO"
+        bound = " (client-bound)" if row["client_bound"] else ""
+        lines.append("  ".join(cells) + f"  {verdict}{bound}")
+    lines.append("bench ceiling (chunks/s, 200-chunk answers, interleaved)")
+    for c, row in res["ceiling"]["levels"].items():
+        lines.append(
+            f"  c={c:<4} ylokh bench {row['ylokh bench']:>9,.0f}   raw aiohttp "
+            f"{row['raw aiohttp']:>9,.0f}   ratio {row['vs_raw']:.2f}x"
+        )
+    r = res["rate"]
+    ks = "n/a (no scipy)" if r["ks_pvalue"] is None else f"{r['ks_pvalue']:.3f}"
+    lines.append(
+        f"bench rate {r['rate']:g}/s for {r['seconds']:g} s: achieved {r['request_rate']:.2f}/s "
+        f"({r['request_rate_error']:+.1%}), sends {r['send_rate']:.2f}/s "
+        f"({r['send_rate_error']:+.1%}), KS p={ks}"
+    )
+    return "\n".join(lines)

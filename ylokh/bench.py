@@ -769,7 +769,8 @@ def run(base_url: str | list[str], **kwargs: Any) -> BenchResult:
     ``rate`` (levels: mean requests per second, Poisson arrivals); ``requests`` per level
     (default 50) or ``duration`` seconds per level; ``warmup`` calls before each level, not
     counted (default 2; a concurrency level makes at least one per slot, so all its
-    connections are open before it is measured); ``prompt`` (a str or messages); ``max_tokens`` (default 128);
+    connections are open before it is measured); ``prompt`` (a str or messages);
+    ``max_tokens`` (default 128);
     ``slo`` (``"ttft=0.5,itl=0.05,e2e=10"`` or a dict, seconds); ``seed`` for the arrival
     times; ``api_key``, ``timeout``; ``calibrate`` (measure the client's ceiling first,
     default True); ``progress`` (a live line on stderr; default: when it is a terminal);

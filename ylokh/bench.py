@@ -17,8 +17,8 @@ Strategy:
   whose achieved rate is the asked one (an unconditioned process would miss it by
   ``1/sqrt(N)``, 3% for 1,000 requests).
 - The client checks itself: before the first level it measures its own ceiling against a
-  zero-latency server running in its own event loop (so the figure is the client's cost
-  alone, server included, a conservative bound), and a ticker task measures how late the
+  zero-latency server running in its own event loop (one pre-encoded write per answer, so
+  the figure is the client's cost alone), and a ticker task measures how late the
   event loop runs during each level. A level whose chunk or request rate comes within 50%
   of the ceiling, or whose loop lagged more than 5 ms at p99, is ``client_bound``.
 - Tokens without a tokenizer: the bench asks for ``stream_options.include_usage``; else
@@ -806,11 +806,11 @@ def run(base_url: str | list[str], **kwargs: Any) -> BenchResult:
 # -- the client's own ceiling ---------------------------------------------------------------------
 class _ZeroLatencyServer(asyncio.Protocol):
     """A minimal HTTP/1.1 server in the bench's own event loop that answers every request
-    at once with a fixed event stream, one event per write (one read per chunk at the
-    client, the costly case), so what it measures is the client's cost."""
+    at once with a fixed, pre-encoded event stream (chunked, one HTTP chunk per event, as
+    real servers frame them) in one write: what is measured is the client's cost alone."""
 
-    def __init__(self, events: list[bytes]) -> None:
-        self.events = events
+    def __init__(self, response: bytes) -> None:
+        self.response = response
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
@@ -832,33 +832,11 @@ class _ZeroLatencyServer(asyncio.Protocol):
             if len(self.buffer) < end + 4 + length:
                 return
             self.buffer = self.buffer[end + 4 + length :]
-            self._answer()
-
-    def _answer(self) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        transport.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n"
-        )
-        loop = asyncio.get_running_loop()
-        events = iter(self.events)
-
-        def write_next() -> None:
-            if transport.is_closing():
-                return
-            event = next(events, None)
-            if event is None:
-                transport.write(b"0\r\n\r\n")
-                return
-            transport.write(event)
-            loop.call_soon(write_next)
-
-        write_next()
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.write(self.response)
 
 
-def _ceiling_events(chunks: int) -> list[bytes]:
+def _ceiling_response(chunks: int) -> bytes:
     chunk = (
         '{"id":"c","object":"chat.completion.chunk","created":0,"model":"m",'
         '"choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}'
@@ -870,7 +848,10 @@ def _ceiling_events(chunks: int) -> list[bytes]:
     )
     events = [f"data: {chunk % f'w{i} '}\n\n".encode() for i in range(chunks)]
     events += [f"data: {last}\n\n".encode(), b"data: [DONE]\n\n"]
-    return [b"%x\r\n%s\r\n" % (len(e), e) for e in events]
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
 
 
 async def client_ceiling(seconds: float = 0.6, concurrency: int = 16) -> dict[str, float]:
@@ -883,7 +864,7 @@ async def client_ceiling(seconds: float = 0.6, concurrency: int = 16) -> dict[st
     figures: dict[str, float] = {}
     for key, chunks in (("chunks_per_s", 64), ("requests_per_s", 1)):
         server = await loop.create_server(
-            lambda n=chunks: _ZeroLatencyServer(_ceiling_events(n)),  # type: ignore[misc]
+            lambda n=chunks: _ZeroLatencyServer(_ceiling_response(n)),  # type: ignore[misc]
             "127.0.0.1",
             0,
         )

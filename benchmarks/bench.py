@@ -185,12 +185,111 @@ def rate_accuracy(quick: bool, pin: bool) -> dict[str, Any]:
     return out
 
 
+def _run_json(cmd: list[str], path: Path) -> Any:
+    import json
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=path.parent, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{cmd[0]} failed: {proc.stderr[-500:] or proc.stdout[-500:]}")
+    return json.loads(path.read_text())
+
+
+def external(quick: bool, rounds: int, pin: bool) -> dict[str, Any] | None:
+    """``ylokh bench`` side by side with AIPerf and guidellm on the same server, interleaved.
+
+    Runs only when ``YLOKH_BENCH_AIPERF`` and/or ``YLOKH_BENCH_GUIDELLM`` name their
+    executables (each in a venv of its own) and ``YLOKH_BENCH_TOKENIZER`` a local Hugging
+    Face tokenizer folder (offline, AIPerf and guidellm need one; the server's usage gives
+    the counts). The server is the bundled one (200-chunk answers with usage), pinned to
+    core 1; every client is a process pinned to core 0 (inherited).
+    """
+    import json
+    import statistics
+    import tempfile
+
+    aiperf = os.environ.get("YLOKH_BENCH_AIPERF")
+    guidellm = os.environ.get("YLOKH_BENCH_GUIDELLM")
+    tokenizer = os.environ.get("YLOKH_BENCH_TOKENIZER")
+    if not tokenizer or not (aiperf or guidellm):
+        return None
+    server = BundledServer("--tokens", "200", pin=pin)
+    root = server.base_url.removesuffix("/v1")
+    work = Path(tempfile.mkdtemp(prefix="ylokh-bench-"))
+    (work / "a.jsonl").write_text('{"text": "hello world"}\n' * 50)
+    (work / "g.jsonl").write_text('{"prompt": "hello world"}\n' * 50)
+    out: dict[str, Any] = {"chunks": 200, "levels": {}}
+
+    def ylokh_bench(c: int, n: int) -> tuple[float, float]:
+        path = work / "y.json"
+        cmd = [sys.executable, "-m", "ylokh", "bench", "--base-url", server.base_url,
+               "--concurrency", str(c), "--requests", str(n), "--max-tokens", "200",
+               "--json", str(path)]  # fmt: skip
+        level = _run_json(cmd, path)["levels"][0]
+        return level["output_token_rate"], float(c)
+
+    def run_aiperf(c: int, n: int) -> tuple[float, float]:
+        assert aiperf is not None
+        art = work / f"aiperf-{c}"
+        cmd = [aiperf, "profile", "--model", "ylokh-echo", "--tokenizer", str(tokenizer),
+               "--url", root, "--endpoint-type", "chat", "--streaming", "--concurrency",
+               str(c), "--request-count", str(n), "--use-server-token-count",
+               "--input-file", str(work / "a.jsonl"), "--custom-dataset-type", "single_turn",
+               "--ui-type", "none", "--artifact-dir", str(art)]  # fmt: skip
+        doc = _run_json(cmd, art / "profile_export_aiperf.json")
+        return doc["output_token_throughput"]["avg"], float("nan")
+
+    def run_guidellm(c: int, n: int) -> tuple[float, float]:
+        assert guidellm is not None
+        path = work / "g.json"
+        cmd = [guidellm, "run", "--backend",
+               f"kind=openai_http,target={root},model={tokenizer},validate_backend=false",
+               "--profile", f"kind=concurrent,streams={c}", "--constraint",
+               f"kind=max_requests,count={n}", "--data", f"kind=json_file,path={work / 'g.jsonl'}",
+               "--disable-console", "--output", f"kind=json,path={path}"]  # fmt: skip
+        metrics = _run_json(cmd, path)["benchmarks"][0]["metrics"]
+        return (
+            metrics["output_tokens_per_second"]["successful"]["mean"],
+            metrics["request_concurrency"]["successful"]["mean"],
+        )
+
+    tools: dict[str, Any] = {"ylokh bench": ylokh_bench}
+    if aiperf:
+        tools["aiperf"] = run_aiperf
+    if guidellm:
+        tools["guidellm"] = run_guidellm
+    try:
+        for c in (16, 64) if quick else (1, 16, 64, 256):
+            n = max(4 * c, 100)
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in tools}
+            for r in range(max(rounds // 2, 1)):
+                names = list(tools)
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    try:
+                        runs[name].append(tools[name](c, n))
+                    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+                        out.setdefault("errors", []).append(f"{name} c={c}: {exc}")
+            row: dict[str, Any] = {"requests": n}
+            for name, got in runs.items():
+                if got:
+                    row[name] = statistics.median(g[0] for g in got)
+                    row[f"{name} concurrency"] = statistics.median(g[1] for g in got)
+            others = [row[k] for k in ("aiperf", "guidellm") if k in row]
+            if "ylokh bench" in row and others:
+                row["vs_best_other"] = row["ylokh bench"] / max(others)
+            out["levels"][str(c)] = row
+    finally:
+        server.close()
+    json.dumps(out)  # plain data only
+    return out
+
+
 def scenario_bench(base_url: str, quick: bool, rounds: int, pin: bool) -> dict[str, Any]:
-    """All three measurements; ``base_url`` is the benchmark server (near-zero latency)."""
+    """All measurements; ``base_url`` is the benchmark server (near-zero latency)."""
     return {
         "accuracy": accuracy(quick, pin),
         "ceiling": ceiling(base_url, quick, rounds),
         "rate": rate_accuracy(quick, pin),
+        "external": external(quick, rounds, pin),
     }
 
 
@@ -211,6 +310,23 @@ def table(res: dict[str, Any]) -> str:
             f"  c={c:<4} ylokh bench {row['ylokh bench']:>9,.0f}   raw aiohttp "
             f"{row['raw aiohttp']:>9,.0f}   ratio {row['vs_raw']:.2f}x"
         )
+    ext = res.get("external")
+    if ext:
+        lines.append(
+            "ylokh bench vs AIPerf / guidellm (output tokens/s, bundled server, 200 chunks)"
+        )
+        for c, row in ext["levels"].items():
+            cells = [f"  c={c:<4}"]
+            for name in ("ylokh bench", "aiperf", "guidellm"):
+                if name in row:
+                    cells.append(f"{name} {row[name]:>9,.0f}")
+            if "guidellm concurrency" in row:
+                cells.append(f"(guidellm kept {row['guidellm concurrency']:.1f} in flight)")
+            if "vs_best_other" in row:
+                cells.append(f"ratio {row['vs_best_other']:.1f}x")
+            lines.append("   ".join(cells))
+        for error in ext.get("errors", []):
+            lines.append(f"  error: {error[:200]}")
     r = res["rate"]
     ks = "n/a (no scipy)" if r["ks_pvalue"] is None else f"{r['ks_pvalue']:.3f}"
     lines.append(

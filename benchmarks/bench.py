@@ -188,6 +188,7 @@ def rate_accuracy(quick: bool, pin: bool) -> dict[str, Any]:
 def _run_json(cmd: list[str], path: Path) -> Any:
     import json
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=path.parent, check=False)
     if proc.returncode:
         raise RuntimeError(f"{cmd[0]} failed: {proc.stderr[-500:] or proc.stdout[-500:]}")

@@ -704,6 +704,9 @@ async def arun(
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     show = sys.stderr.isatty() if progress is None else progress
     bar = _Progress(sys.stderr if show else None)
+    if show and calibrate:
+        sys.stderr.write("measuring this client's own ceiling...")
+        sys.stderr.flush()
     ceiling = await client_ceiling() if calibrate else None
     result = BenchResult(base_url, model, started, ceiling)
     payload: dict[str, Any] = {"stream_options": {"include_usage": True}}

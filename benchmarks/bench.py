@@ -4,7 +4,9 @@
 
 1. accuracy: the bundled server plays answers at known latencies (TTFT 200 ms, ITL 20 ms,
    64 tokens) in its own process; ``ylokh.bench`` at concurrency 1, 16 and 64 must report
-   p50 TTFT and ITL within 5% of the truth and p99 within 10%.
+   p50 TTFT and ITL within 5% of the truth and p99 within 10%. A hand-written aiohttp loop
+   measures the same server right after, so an error of the server (late on a loaded
+   machine) is told apart from an error of the bench.
 2. ceiling: chunks/s of ``ylokh.bench`` (all its bookkeeping) against the near-zero-latency
    benchmark server, side by side with a hand-written aiohttp loop (``contenders.raw_aiohttp``,
    parsing every event), interleaved in one run, 200-chunk answers, at several concurrencies.
@@ -53,6 +55,51 @@ def _error(measured: float | None, truth: float) -> float:
     return float("nan") if measured is None else (measured - truth) / truth
 
 
+async def _raw_latencies(base_url: str, concurrency: int, requests: int) -> dict[str, float]:
+    """TTFT and inter-token gaps as a hand-written aiohttp loop sees them (one timestamp
+    per read, as the bench): what the server did, measured without ylokh."""
+    import aiohttp
+
+    from ylokh.bench import percentile
+
+    ttfts: list[float] = []
+    gaps: list[float] = []
+    payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    url = base_url + "/chat/completions"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one() -> None:
+            start, last = time.monotonic(), None
+            async with session.post(url, json=payload) as response:
+                async for data in response.content.iter_any():
+                    now = time.monotonic()
+                    deltas = data.count(b'"content"')
+                    if deltas:
+                        if last is None:
+                            ttfts.append(now - start)
+                        else:
+                            gaps.append(now - last)
+                        gaps.extend([0.0] * (deltas - 1))
+                        last = now
+
+        count = iter(range(requests))
+
+        async def worker() -> None:
+            for _ in count:
+                await one()
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))  # warm: open connections
+        ttfts.clear()
+        gaps.clear()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {
+        "ttft_s_p50": percentile(ttfts, 50) or 0.0,
+        "ttft_s_p99": percentile(ttfts, 99) or 0.0,
+        "itl_s_p50": percentile(gaps, 50) or 0.0,
+        "itl_s_p99": percentile(gaps, 99) or 0.0,
+    }
+
+
 def accuracy(quick: bool, pin: bool) -> dict[str, Any]:
     """Reported TTFT and ITL against the server's known latencies."""
     import ylokh.bench
@@ -73,6 +120,7 @@ def accuracy(quick: bool, pin: bool) -> dict[str, Any]:
                 for stat in ("p50", "p99"):
                     row[f"{key}_{stat}"] = doc[key][stat]
                     row[f"{key}_{stat}_error"] = _error(doc[key][stat], truth)
+            row["raw aiohttp"] = asyncio.run(_raw_latencies(server.base_url, concurrency, requests))
             row["client_bound"] = doc["client_bound"]
             row["lag_p99_ms"] = result.levels[0].lag_p99 * 1000
             row["ok_p50"] = all(abs(row[f"{k}_p50_error"]) <= 0.05 for k in ("ttft_s", "itl_s"))
@@ -305,6 +353,12 @@ def table(res: dict[str, Any]) -> str:
         verdict = "yes" if row["ok_p50"] and row["ok_p99"] else "NO"
         bound = " (client-bound)" if row["client_bound"] else ""
         lines.append("  ".join(cells) + f"  {verdict}{bound}")
+        raw = row.get("raw aiohttp")
+        if raw:
+            cells = ["  raw "]
+            for key in ("ttft_s_p50", "ttft_s_p99", "itl_s_p50", "itl_s_p99"):
+                cells.append(f"{raw[key] * 1000:7.1f}  {raw[key] / row[key] - 1:+6.1%}")
+            lines.append("  ".join(cells) + "  (hand-written aiohttp loop; err vs the bench)")
     lines.append("bench ceiling (chunks/s, 200-chunk answers, interleaved)")
     for c, row in res["ceiling"]["levels"].items():
         lines.append(

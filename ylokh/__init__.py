@@ -34,6 +34,7 @@ from ._errors import (
     ServerError,
     YlokhError,
 )
+from ._stats import Stats
 from ._version import __version__
 from .chat import Chat
 from .provider import Ylokh
@@ -63,6 +64,7 @@ __all__ = [
     "ProtocolError",
     "RateLimitError",
     "ServerError",
+    "Stats",
     "Stream",
     "Timeout",
     "Ylokh",

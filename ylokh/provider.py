@@ -16,6 +16,7 @@ from typing import Any
 
 from ._base import SETTING_NAMES
 from ._protocol import SEED_DEFAULTS, SEED_URL
+from ._stats import Stats
 
 __all__ = ["Ylokh"]
 
@@ -39,6 +40,8 @@ class _AsyncResult:
 
     def __init__(self, iterator: AsyncGenerator[str, None]) -> None:
         self._iterator = iterator
+        #: The answer's :class:`ylokh.Stats`, once the request has started.
+        self.stats: Stats | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterator
@@ -63,6 +66,21 @@ class _AsyncResult:
             return self._iterator
 
         return itself().__await__()
+
+
+class _Result:
+    """What ``create_completion`` returns: an iterator of text with the answer's ``stats``."""
+
+    def __init__(self, iterator: Iterator[str], stats: Stats) -> None:
+        self._iterator = iterator
+        #: The answer's :class:`ylokh.Stats`.
+        self.stats = stats
+
+    def __iter__(self) -> _Result:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._iterator)
 
 
 class Ylokh:
@@ -98,18 +116,22 @@ class Ylokh:
                 async with client.stream(
                     messages, model=model, proxy=proxy, timeout=timeout, **options
                 ) as answer:
+                    result.stats = answer.stats
                     async for text in answer:
                         yield text
             else:
-                yield await client.complete(
+                completion = await client.complete(
                     messages, model=model, proxy=proxy, timeout=timeout, **options
                 )
+                result.stats = completion.stats
+                yield completion
 
         # validate now, so bad input fails before any traffic and before iteration
         from ._protocol import validate_messages
 
         validate_messages(messages)
-        return _AsyncResult(generate())
+        result = _AsyncResult(generate())
+        return result
 
     @classmethod
     def create_completion(
@@ -129,10 +151,12 @@ class Ylokh:
         options = _payload(kwargs)
         client = _default_client()
         if not stream:
-            return iter(
-                [client.complete(messages, model=model, proxy=proxy, timeout=timeout, **options)]
+            completion = client.complete(
+                messages, model=model, proxy=proxy, timeout=timeout, **options
             )
-        return iter(client.stream(messages, model=model, proxy=proxy, timeout=timeout, **options))
+            return _Result(iter([completion]), completion.stats)
+        answer = client.stream(messages, model=model, proxy=proxy, timeout=timeout, **options)
+        return _Result(iter(answer), answer.stats)
 
     @classmethod
     def params(cls) -> str:

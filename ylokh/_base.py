@@ -35,6 +35,7 @@ from ._errors import (
 )
 from ._protocol import Request, build_request
 from ._readers import reader_for
+from ._stats import Stats
 
 if TYPE_CHECKING:
     from tenacity import RetryCallState
@@ -162,6 +163,7 @@ class Call:
         "sent_at",
         "settings",
         "started",
+        "stats",
         "token_late",
         "url",
     )
@@ -178,7 +180,9 @@ class Call:
         self.endpoints = endpoints
         self.prefer = prefer
         self.endpoint: Endpoint | None = None
+        self.stats = Stats(settings.base_url)
         self.answer = Answer(request.secrets)
+        self.answer.times = self.stats.reads  # one list: the answer's reads are the stats'
         self.feed: Callable[[bytes, bool], list[str]] = _not_open
         self.url = request.url
         self.headers = request.headers
@@ -201,15 +205,18 @@ class Call:
     def begin(self) -> None:
         """The call starts (its first iteration): the total deadline runs from now."""
         self.started = time.monotonic()
+        self.stats.started(self.started)
         total = self.settings.timeout.total
         self.deadline = None if total is None else self.started + total
 
     def attempt(self) -> None:
         """A new attempt starts: a fresh answer, and the endpoint to send it to."""
         self.attempts += 1
+        self.stats.attempts = self.attempts
         if self.attempts > 1:
             self.token_late = False
             self.answer = Answer(self.request.secrets)
+            self.answer.times = self.stats.reads
             self.url = self.request.url
             self.headers = self.request.headers
             self.redirects = 0
@@ -225,6 +232,7 @@ class Call:
             raise Cooling(wait, self.last_error)
         self.endpoint = endpoint
         self.url = endpoint.chat_url
+        self.stats.base_url = endpoint.base_url
 
     def timeouts(self) -> tuple[float | None, float | None]:
         """``(connect, read)`` for sending this attempt, within the deadlines."""
@@ -261,6 +269,7 @@ class Call:
             ProtocolError: too many redirects, or a redirect without a usable Location.
         """
         self.headers_at = time.monotonic()
+        self.stats.headers(self.headers_at)
         if "content-length" in headers and "transfer-encoding" in headers:
             # RFC 9112 6.3: a framing that may smuggle; aiohttp refuses it, so does the core
             raise ProtocolError(
@@ -400,6 +409,8 @@ class Call:
     def end(self, error: BaseException | None = None) -> None:
         """The call is over (answered, failed or abandoned): release the endpoint and
         write the DEBUG line."""
+        answer = self.answer
+        self.stats.ended(time.monotonic(), answer.usage, answer.timings)
         if self.endpoint is not None and self.endpoints is not None and self.first_byte:
             self.endpoints.done(self.endpoint)
         if logger.isEnabledFor(logging.DEBUG):
@@ -572,6 +583,11 @@ class BaseStream:
         """The model's ``reasoning_content``, kept apart from the text."""
         return self._call.answer.reasoning
 
+    @property
+    def stats(self) -> Stats:
+        """The measurements of this answer (:class:`ylokh.Stats`), final once it ended."""
+        return self._call.stats
+
 
 class Completion(str):
     """A whole answer: a ``str``, with ``finish_reason``, ``usage``, ``tool_calls`` and
@@ -581,12 +597,15 @@ class Completion(str):
     usage: dict[str, Any] | None
     tool_calls: list[dict[str, Any]]
     reasoning: str
+    stats: Stats
 
     @classmethod
     def of(cls, source: Call | BaseStream) -> Completion:
         """The completion a finished call (or stream) holds."""
-        answer = (source._call if isinstance(source, BaseStream) else source).answer
+        call = source._call if isinstance(source, BaseStream) else source
+        answer = call.answer
         completion = cls(answer.text)
+        completion.stats = call.stats
         completion.finish_reason = answer.finish_reason
         completion.usage = answer.usage
         completion.tool_calls = answer.tool_calls

@@ -30,7 +30,8 @@ def _non_negative(kind: type[float] | type[int]) -> Callable[[str], float | int]
 
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
-    """Add ``--host --port --fault --chunks --delay --api-key --model`` to ``parser``."""
+    """Add ``--host --port --fault --chunks --delay --api-key --model`` and the known
+    latencies ``--ttft --itl --jitter --tokens`` to ``parser``."""
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any)")
     parser.add_argument("--fault", help='default fault spec, e.g. "status=503" or "stall=5"')
@@ -42,6 +43,20 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--api-key", help="require this key (Authorization: Bearer KEY)")
     parser.add_argument("--model", default="ylokh-echo", help="the model name to report")
+    group = parser.add_argument_group("latency (known latencies, to check a benchmark)")
+    group.add_argument(
+        "--ttft", type=_non_negative(float), default=0.0, help="seconds to the first chunk"
+    )
+    group.add_argument(
+        "--itl", type=_non_negative(float), default=0.0, help="seconds between content chunks"
+    )
+    group.add_argument(
+        "--jitter", type=_non_negative(float), default=0.0,
+        help="vary each latency by up to this fraction (0 to 1)",
+    )  # fmt: skip
+    group.add_argument(
+        "--tokens", type=_non_negative(int), help="content chunks per answer (one token each)"
+    )
 
 
 def run_server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -50,20 +65,28 @@ def run_server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int
     Returns 0 after Ctrl-C, 1 when the address cannot be bound (one line on stderr).
     """
     from .testing import Fault, serve
+    from .testing._latency import Latency
 
     try:
         Fault.parse(args.fault)
     except ValueError as exc:
         parser.error(f"--fault: {exc}")
     try:
+        latency = Latency(args.ttft, args.itl, args.jitter)
+    except ValueError as exc:
+        parser.error(f"--ttft/--itl/--jitter: {exc}")
+    try:
         serve(
             args.host,
             args.port,
             fault=args.fault,
-            chunks=args.chunks,
+            chunks=args.chunks if args.tokens is None else args.tokens,
             delay=args.delay,
             api_key=args.api_key,
             model=args.model,
+            ttft=latency.ttft,
+            itl=latency.itl,
+            jitter=latency.jitter,
         )
     except OSError as exc:
         reason = "the port is in use" if exc.errno == errno.EADDRINUSE else exc.strerror or exc

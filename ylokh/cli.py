@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     _batch_parser(commands)
     _models_parser(commands)
     _serve_parser(commands)
+    _bench_parser(commands)
     return parser
 
 
@@ -175,6 +176,11 @@ def _chat_parser(commands: Any) -> None:
         action="store_true",
         help='one JSON object per line: {"type": "delta", "text"} per chunk, then "done" '
         '(or "error", with the partial text)',
+    )
+    output.add_argument(
+        "--stats",
+        action="store_true",
+        help="after the answer, print its measurements to stderr (ttft, tokens, tok/s)",
     )
     _debug_flag(chat, argparse.SUPPRESS)
 
@@ -226,6 +232,62 @@ def _serve_parser(commands: Any) -> None:
     )
     add_server_flags(serve)  # the same flags as python -m ylokh.testing
     _debug_flag(serve, argparse.SUPPRESS)
+
+
+# -- bench: the parser of `ylokh bench` ------------------------------------------------------
+def _bench_parser(commands: Any) -> None:
+    bench = add_command(
+        commands,
+        "bench",
+        help="measure a server under load (latency, throughput, goodput)",
+        description=(
+            "Measure an OpenAI-compatible server with ylokh's async client: TTFT, inter-token "
+            "latency, TPOT and end-to-end latency (mean, p50, p90, p99), throughput, errors "
+            "and goodput per load level. Levels within 50%% of the client's own ceiling, or "
+            "whose event loop lagged, are marked client-bound."
+        ),
+    )
+    where = bench.add_argument_group("server")
+    where.add_argument(
+        "--base-url", nargs="+", action="extend", metavar="URL",
+        help="API base URL(s); several measure a set of servers together (env YLOKH_BASE_URL)",
+    )  # fmt: skip
+    where.add_argument(
+        "--local", action="store_true",
+        help="measure the bundled test server (known latencies: ttft 20 ms, itl 5 ms, 32 tokens)",
+    )  # fmt: skip
+    where.add_argument("--api-key", help="API key (better: env YLOKH_API_KEY)")
+    where.add_argument("--timeout", type=float, help="read timeout in seconds")
+    where.add_argument("-m", "--model", help="model name (env YLOKH_MODEL)")
+    load = bench.add_argument_group("load").add_mutually_exclusive_group()
+    load.add_argument("--concurrency", help="levels of calls kept in flight, e.g. 1,8,32")
+    load.add_argument("--rate", help="levels of mean requests/s (Poisson arrivals), e.g. 2,5,10")
+    size = bench.add_argument_group("size").add_mutually_exclusive_group()
+    size.add_argument("--requests", type=int, default=50, help="requests per level (default 50)")
+    size.add_argument("--duration", type=float, help="seconds per level (instead of --requests)")
+    more = bench.add_argument_group("requests")
+    more.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="uncounted calls before each level (default 2; at least one per slot)",
+    )
+    prompt = more.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", help="the prompt of every request")
+    prompt.add_argument("--prompt-file", help="read the prompt from this file")
+    more.add_argument("--max-tokens", type=int, default=128, help="longest answer (default 128)")
+    more.add_argument("--slo", help="bounds for goodput, seconds: ttft=0.5,itl=0.05,tpot=,e2e=10")
+    more.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
+    out = bench.add_argument_group("output")
+    out.add_argument("--json", metavar="F", help="write the JSON document ('-' = stdout)")
+    out.add_argument("--csv", metavar="F", help="write one CSV row per level")
+    out.add_argument("--report", metavar="F", help="write a report: F.md or F.html (plots inline)")
+    out.add_argument("--plot", metavar="F.png", help="write the plots (needs ylokh[plot])")
+    out.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="a live progress line on stderr (default: when stderr is a terminal)",
+    )  # fmt: skip
+    _debug_flag(bench, argparse.SUPPRESS)
 
 
 # -- shared pieces ---------------------------------------------------------------------------
@@ -422,6 +484,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
                     _json_line(out, _done(answer, answer.finish_reason, answer.usage))
                 else:
                     _write(out, answer if answer.endswith("\n") else answer + "\n")
+                if args.stats:
+                    print(answer.stats.summary(), file=sys.stderr)
                 _keep(chat)
                 return EXIT_OK
             # Usage comes only when asked for; a server that rejects stream_options answers
@@ -442,6 +506,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             waiting.done()
         if args.json:
             _json_line(out, _done(stream.text, stream.finish_reason, stream.usage))
+        if args.stats:
+            print(stream.stats.summary(), file=sys.stderr)
         _keep(chat)
     return EXIT_OK
 
@@ -743,12 +809,105 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_server(args.command_parser, args)
 
 
+# -- bench -----------------------------------------------------------------------------------
+def _levels_arg(text: str | None, kind: Callable[[str], float], flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [kind(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UsageError(f"{flag} takes numbers separated by commas, got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise UsageError(f"{flag} takes positive numbers, got {text!r}")
+    return values
+
+
+LOCAL_BENCH_SERVER = ["--tokens", "32", "--ttft", "0.02", "--itl", "0.005"]
+
+
+@contextlib.contextmanager
+def _local_server() -> Iterator[str]:
+    """The bundled server in a process of its own (in this one, it would share the GIL
+    with the client and slow it down), with known latencies; yields its base URL."""
+    import subprocess
+
+    command = [sys.executable, "-m", "ylokh.testing", "--port", "0", *LOCAL_BENCH_SERVER]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "ylokh test server listening on URL (Ctrl-C to stop)"
+        words = [w for w in line.split() if w.startswith("http")]
+        if not words:
+            raise APIConnectionError("the bundled test server did not start")
+        yield words[0]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    concurrency = _levels_arg(args.concurrency, int, "--concurrency")
+    rate = _levels_arg(args.rate, float, "--rate")
+    if args.requests < 1:
+        raise UsageError("--requests must be at least 1")
+    if args.duration is not None and not args.duration > 0:
+        raise UsageError("--duration must be positive")
+    if args.warmup < 0:
+        raise UsageError("--warmup must not be negative")
+    try:
+        bench.parse_slo(args.slo)
+    except ValueError as exc:
+        raise UsageError(f"--slo: {exc}") from None
+    prompt = args.prompt or bench.DEFAULT_PROMPT
+    if args.prompt_file:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        except OSError as exc:
+            raise UsageError(f"--prompt-file: {exc.strerror or exc}: {args.prompt_file}") from None
+    if args.local and args.base_url:
+        raise UsageError("--local and --base-url exclude each other")
+    with contextlib.ExitStack() as stack:
+        base_url: Any
+        if args.local:
+            base_url = stack.enter_context(_local_server())
+        elif args.base_url:
+            base_url = args.base_url[0] if len(args.base_url) == 1 else list(args.base_url)
+        else:
+            base_url = os.environ.get("YLOKH_BASE_URL") or None
+        result = bench.run(
+            base_url, model=args.model, concurrency=concurrency, rate=rate,
+            requests=args.requests, duration=args.duration, warmup=args.warmup, prompt=prompt,
+            max_tokens=args.max_tokens, slo=args.slo, seed=args.seed, api_key=args.api_key,
+            timeout=args.timeout, progress=args.progress,
+        )  # fmt: skip
+    print(result.table(), file=sys.stderr if args.json == "-" else sys.stdout)
+    try:
+        notices = bench.write_outputs(
+            result, json_path=args.json, csv_path=args.csv, report_path=args.report,
+            plot_path=args.plot,
+        )  # fmt: skip
+    except OSError as exc:
+        print(f"ylokh: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    for notice in notices:
+        print(f"ylokh: {notice}", file=sys.stderr)
+    return EXIT_ERROR if result.failed else EXIT_OK
+
+
 # -- main ------------------------------------------------------------------------------------
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "chat": _cmd_chat,
     "batch": _cmd_batch,
     "models": _cmd_models,
     "serve": _cmd_serve,
+    "bench": _cmd_bench,
 }
 
 

@@ -240,7 +240,8 @@ class Completer:
     def __del__(self) -> None:
         # Ray Data deletes the callable when it shuts an actor down gracefully: close the
         # pool on its own loop so aiohttp does not warn about an unclosed session.
-        client, loop = self._client, self._loop
+        client: AsyncClient | None = getattr(self, "_client", None)  # None if __init__ raised
+        loop: asyncio.AbstractEventLoop | None = getattr(self, "_loop", None)
         if client is None or loop is None or loop.is_closed() or not loop.is_running():
             return
         try:
@@ -378,9 +379,7 @@ def complete(
     if batch_size is None:
         batch_size = concurrency
     elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InvalidRequestError(
-            f"batch_size must be a positive whole number, not {batch_size!r}"
-        )
+        raise InvalidRequestError(f"batch_size must be a positive whole number, not {batch_size!r}")
     kwargs: dict[str, Any] = {
         "batch_size": batch_size,
         "batch_format": "pyarrow",

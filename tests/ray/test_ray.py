@@ -6,7 +6,6 @@ import asyncio
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 import ray
 import ray.cloudpickle
 import ray.data
-from conftest import FAILING_EVERY, make_rows, read_output, write_jsonl
+from ray_rows import FAILING_EVERY, make_rows, read_output, write_jsonl
 
 import ylokh
 import ylokh.ray
@@ -207,26 +206,28 @@ REGISTRY = "ylokh-test-registry"
 
 @ray.remote(num_cpus=0)
 class Registry:
-    """Holds the handles of the map actors, which report themselves on their first batch."""
+    """Holds (actor id, handle) of each map actor instance, reported on its first batch."""
 
     def __init__(self) -> None:
-        self.handles: list[Any] = []
+        self.actors: list[tuple[str, Any]] = []
 
-    def add(self, handles: list[Any]) -> None:
-        self.handles += handles
+    def add(self, actor_id: str, handles: list[Any]) -> None:
+        self.actors.append((actor_id, handles[0]))
 
-    def get(self) -> list[Any]:
-        return self.handles
+    def get(self) -> list[tuple[str, Any]]:
+        return self.actors
 
 
 class ReportingCompleter(ylokh.ray.Completer):
-    """A Completer that tells the registry which actor it runs in."""
+    """A Completer that tells the registry which actor it runs in (a restarted actor is a
+    new instance: it reports again, under the same actor id)."""
 
     async def __call__(self, batch: Any) -> pa.Table:
         if not getattr(self, "_reported", False):
             self._reported = True
-            actor = ray.get_runtime_context().current_actor
-            ray.get_actor(REGISTRY).add.remote([actor])  # in a list: sent as a handle
+            context = ray.get_runtime_context()
+            # The handle goes in a list, so that Ray sends it as a handle.
+            ray.get_actor(REGISTRY).add.remote(context.get_actor_id(), [context.current_actor])
         return await super().__call__(batch)
 
 
@@ -236,33 +237,43 @@ def test_killed_actor_loses_no_row_and_answers_none_twice(
     source = write_jsonl(tmp_path / "prompts.jsonl", make_rows(ROWS))
     registry = Registry.options(name=REGISTRY).remote()  # type: ignore[attr-defined]
     monkeypatch.setattr(ylokh.ray, "Completer", ReportingCompleter)
-    killed: list[Any] = []
+    killed: list[tuple[str, int]] = []  # (actor id, requests sent when it was killed)
+    done = threading.Event()
     # Slow answers (5 chunks, 10 ms apart) so that the run lasts long enough to kill in.
     with Server(chunks=5, delay=0.01) as srv:
 
         def kill_one() -> None:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                handles = ray.get(registry.get.remote())
-                if len(handles) >= ACTORS and len(srv.requests) >= ROWS // 3:
-                    ray.kill(handles[0], no_restart=False)  # Ray Data restarts it
-                    killed.append(len(srv.requests))
+            while not done.is_set():
+                actors = ray.get(registry.get.remote())
+                if actors and len(srv.requests) >= ROWS // 3:
+                    actor_id, handle = actors[0]
+                    ray.kill(handle, no_restart=False)  # Ray Data restarts it
+                    killed.append((actor_id, len(srv.requests)))
                     return
-                time.sleep(0.05)
+                done.wait(0.05)
 
         killer = threading.Thread(target=kill_one, daemon=True)
         killer.start()
-        ds = ray.data.read_json(str(source))
-        out = ylokh.ray.complete(ds, base_url=srv.base_url, concurrency=IN_FLIGHT, actors=ACTORS)
-        out.write_json(str(tmp_path / "answers"))
-        killer.join(10)
+        try:
+            # 20 blocks of 100 rows, so that both actors get work.
+            ds = ray.data.read_json(str(source), override_num_blocks=20)
+            out = ylokh.ray.complete(
+                ds, base_url=srv.base_url, concurrency=IN_FLIGHT, actors=ACTORS
+            )
+            out.write_json(str(tmp_path / "answers"))
+        finally:
+            done.set()
+            killer.join(10)
         sent = len(srv.requests)
-    handles = ray.get(registry.get.remote())
+    actors = ray.get(registry.get.remote())
     ray.kill(registry)
     assert killed, "the actor was not killed during the run"
-    assert killed[0] < ROWS, "the kill came after the last request"
-    # The restarted actor reported itself too; the rows it was answering were sent again.
-    assert len(handles) > ACTORS
+    actor_id, at = killed[0]
+    assert at < ROWS, "the kill came after the last request"
+    # The killed actor came back (a new instance reported itself under the same id), and
+    # the rows it was answering were sent again...
+    assert [a for a, _ in actors].count(actor_id) == 2
     assert sent > ROWS
-    print(f"killed after {killed[0]} requests; {sent} sent for {ROWS} rows")
+    # ... but the written output holds every row once.
+    print(f"killed after {at} requests; {sent} sent for {ROWS} rows")
     check_answers(read_output(tmp_path / "answers"), ROWS, chunks=5)

@@ -31,6 +31,7 @@ laptop and a cluster alike (see there).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 from collections.abc import Mapping
@@ -311,29 +312,33 @@ def _failed(exc: BaseException, ttft: float | None = None) -> dict[str, Any]:
     }
 
 
+# Ray 2.60 takes the actor's concurrency as ActorPoolStrategy(max_concurrent_calls_per_actor=)
+# and deprecates the older map_batches(max_concurrency=); older Rays only know the latter.
+_CALLS_PER_ACTOR = (
+    "max_concurrent_calls_per_actor"
+    in inspect.signature(ray.data.ActorPoolStrategy.__init__).parameters
+)
+
+
 def _compute(actors: Actors) -> ray.data.ActorPoolStrategy:
     if actors is None:
-        return ray.data.ActorPoolStrategy(
-            min_size=1, max_size=DEFAULT_MAX_ACTORS, max_concurrent_calls_per_actor=TASKS_PER_ACTOR
-        )
-    if isinstance(actors, int) and not isinstance(actors, bool) and actors >= 1:
-        return ray.data.ActorPoolStrategy(
-            size=actors, max_concurrent_calls_per_actor=TASKS_PER_ACTOR
-        )
-    if (
+        size: dict[str, Any] = {"min_size": 1, "max_size": DEFAULT_MAX_ACTORS}
+    elif isinstance(actors, int) and not isinstance(actors, bool) and actors >= 1:
+        size = {"size": actors}
+    elif (
         isinstance(actors, tuple)
         and len(actors) == 2
         and all(isinstance(n, int) and not isinstance(n, bool) for n in actors)
         and 1 <= actors[0] <= actors[1]
     ):
-        return ray.data.ActorPoolStrategy(
-            min_size=actors[0],
-            max_size=actors[1],
-            max_concurrent_calls_per_actor=TASKS_PER_ACTOR,
+        size = {"min_size": actors[0], "max_size": actors[1]}
+    else:
+        raise InvalidRequestError(
+            f"actors must be a positive whole number or a (min, max) pair, not {actors!r}"
         )
-    raise InvalidRequestError(
-        f"actors must be a positive whole number or a (min, max) pair, not {actors!r}"
-    )
+    if _CALLS_PER_ACTOR:
+        size["max_concurrent_calls_per_actor"] = TASKS_PER_ACTOR
+    return ray.data.ActorPoolStrategy(**size)
 
 
 def complete(
@@ -387,6 +392,8 @@ def complete(
         "num_cpus": num_cpus,
         "fn_constructor_kwargs": {"concurrency": concurrency, **options},
     }
+    if not _CALLS_PER_ACTOR:
+        kwargs["max_concurrency"] = TASKS_PER_ACTOR
     env = {name: os.environ[name] for name in _FORWARDED_ENV if name in os.environ}
     extra = dict(map_kwargs or {})
     if env:

@@ -25,6 +25,7 @@ pytestmark = [
     pytest.mark.timeout(900),
     # Ray warns about its own deprecated settings when it reads its DataContext.
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Tip. In future versions of Ray:FutureWarning"),  # 2.50
 ]
 
 # The helper classes below live in this module, which Ray's workers cannot import: ship

@@ -222,6 +222,9 @@ class AsyncClient(BaseClient):
                 if accepted:
                     break
                 response.close()  # a redirect: follow it
+        read_timeout = settings.timeout.read
+        if read_timeout is not None:
+            call.close = _watch(call, response, read_timeout)
         try:
             with translating(call, FAILURES):
                 content = response.content
@@ -231,7 +234,8 @@ class AsyncClient(BaseClient):
                     data = await content.readany()
                     deltas = call.feed(data, not data)
         except BaseException:
-            response.close()
+            (call.close or response.close)()  # the watchdog too: a retry must not meet it
+            call.close = None
             raise
         call.opened()
         return response, deltas
@@ -306,7 +310,8 @@ async def _run(client: AsyncClient, call: Call) -> AsyncGenerator[str, None]:
     response: aiohttp.ClientResponse | None = None
     try:
         response, deltas = await client._open(call)
-        call.close = response.close
+        if call.close is None:
+            call.close = response.close
         for text in deltas:
             yield text
         answer = call.answer
@@ -327,10 +332,41 @@ async def _run(client: AsyncClient, call: Call) -> AsyncGenerator[str, None]:
         error = exc
         raise
     finally:
-        if response is not None:
+        if call.close is not None:
+            call.close()  # the response, and its watchdog
+        elif response is not None:
             response.close()
         call.close = None
         call.end(error)
+
+
+def _watch(call: Call, response: aiohttp.ClientResponse, seconds: float) -> Callable[[], None]:
+    """A watchdog for the body: aiohttp's own read timeout can miss a body its parser is
+    stuck on (a malformed chunked body it waits to see the end of), so this closes the
+    response when no body bytes reached the call for ``seconds`` (checked every
+    ``seconds``: it fires within twice that). Costs nothing per read. Returns the
+    function that closes the response and stops the watchdog."""
+    loop = asyncio.get_running_loop()
+    seen = -1
+    handle: asyncio.TimerHandle | None = None
+
+    def check() -> None:
+        nonlocal seen, handle
+        received = call.answer.received
+        if received == seen:
+            call.stalled = True  # what the error says: a read timeout, not a reset
+            response.close()
+            return
+        seen = received
+        handle = loop.call_later(seconds, check)
+
+    def close() -> None:
+        if handle is not None:
+            handle.cancel()
+        response.close()
+
+    handle = loop.call_later(seconds, check)
+    return close
 
 
 async def _finish(response: aiohttp.ClientResponse) -> None:

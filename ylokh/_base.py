@@ -162,6 +162,7 @@ class Call:
         "request",
         "sent_at",
         "settings",
+        "stalled",
         "started",
         "stats",
         "token_late",
@@ -200,6 +201,7 @@ class Call:
         self.last_error: YlokhError | None = None
         self.token_late = False  # the first-token timeout fired on the current attempt
         self.left = False  # an async loop was left early and closed the response
+        self.stalled = False  # a face's watchdog closed the response: no bytes for `read`
 
     # -- the attempts ---------------------------------------------------------------------
     def begin(self) -> None:
@@ -214,7 +216,7 @@ class Call:
         self.attempts += 1
         self.stats.attempts = self.attempts
         if self.attempts > 1:
-            self.token_late = False
+            self.token_late = self.stalled = False
             self.answer = Answer(self.request.secrets)
             self.answer.times = self.stats.reads
             self.url = self.request.url
@@ -313,6 +315,8 @@ class Call:
         """The ylokh error for a library exception that the face's table named ``kind``."""
         now = time.monotonic()
         timeout = self.settings.timeout
+        if self.stalled:
+            kind = Failure.READ_TIMEOUT
         if kind in (Failure.READ_TIMEOUT, Failure.TOTAL_TIMEOUT, Failure.CONNECT_TIMEOUT):
             first = timeout.first_token
             if (

@@ -183,3 +183,17 @@ def test_recording_interface_by_hand() -> None:
     assert stats.time_per_output_token == pytest.approx(0.5 / 4)
     assert stats.tokens_per_second == pytest.approx(8.0)
     assert stats.summary() == "ttft 0.50 s, 5 tokens, 8.0 tok/s"
+
+
+def test_base_url_names_the_endpoint_that_answered(face: Face) -> None:
+    with Server(fault="status=503") as down, Server() as up:
+        client = face.client(base_url=[down.base_url, up.base_url], max_retries=2)
+        face.record_sleeps(client)
+        for _ in range(2):  # round robin: one of the two calls goes to the broken one first
+            tried = len(down.requests)
+            out = face.stream("which one", client=client)
+            assert out.error is None
+            stats = out.stream.stats
+            assert stats.base_url == up.base_url
+            assert stats.attempts == 1 + len(down.requests) - tried
+        assert len(down.requests) >= 1  # a failover was measured

@@ -794,7 +794,10 @@ def test_the_same_bytes_give_the_same_outcome(
     face: Any, raw: RawServer, case: str, request: pytest.FixtureRequest
 ) -> None:
     if face.name == "async" and case in ASYNC_GAPS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=ASYNC_GAPS[case]))
+        # not strict for the Content-Length case: whether aiohttp fails it depends on
+        # whether the extra bytes arrive in the same read as the body
+        strict = case != "content-length-shorter"
+        request.applymarker(pytest.mark.xfail(strict=strict, reason=ASYNC_GAPS[case]))
     steps, expected, needle = SAME_BYTES[case]
     raw.scripts = [steps]
     client = face.client(base_url=raw.base_url, timeout=Timeout(read=3), max_retries=2)
@@ -819,7 +822,7 @@ def test_a_body_longer_than_its_content_length_does_not_poison_the_next_call(
     """The bytes past the Content-Length stay on the connection: it must not be reused."""
     if face.name == "async":
         request.applymarker(
-            pytest.mark.xfail(strict=True, reason=ASYNC_GAPS["content-length-shorter"])
+            pytest.mark.xfail(strict=False, reason=ASYNC_GAPS["content-length-shorter"])
         )
     completion = completion_body("second")
     raw.scripts = [
@@ -948,20 +951,15 @@ def test_chat_with_a_client_works_in_two_event_loops(
     answers = []
     with caplog.at_level(logging.DEBUG):
         for question in ("first question", "second question"):
-            try:
-                answers.append(asyncio.run(chat.acomplete(question)))
-            except YlokhError as exc:  # allowed for an AsyncClient only: a clear error
-                assert face.name == "async" and "loop" in str(exc), repr(exc)
-                assert not isinstance(exc, APIConnectionError), repr(exc)
-                answers.append(None)
+            # an AsyncClient closes its sessions with each loop, so both faces work
+            answers.append(asyncio.run(chat.acomplete(question)))
         if face.name == "sync":
             client.close()
         else:
             asyncio.run(client.aclose())
         gc.collect()
-    if face.name == "sync":
-        assert answers == ["first question", "second question"]
-        assert len(chat.messages) == 4
+    assert answers == ["first question", "second question"]
+    assert len(chat.messages) == 4
     assert answers[0] == "first question"
     assert _unclosed_session_records(caplog) == []
 
@@ -1081,7 +1079,7 @@ def test_an_error_inside_a_users_headers_mapping_propagates_untouched(
     face: Any, raw: RawServer, where: str
 ) -> None:
     settings = {"base_url": raw.base_url, "max_retries": 2}
-    with pytest.raises(OSError, match="the user's mapping is broken") as caught:
+    with pytest.raises(OSError, match="the user's mapping is broken") as caught:  # noqa: PT012
         if where == "client":
             client = face.client(**settings, headers=ExplodingHeaders())
             face.stream("hi", client=client)

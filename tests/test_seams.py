@@ -19,6 +19,7 @@ Which test pins which defect of issue 9:
  6  test_a_retry_after_that_is_not_a_finite_number_is_ignored,
     test_a_nan_retry_after_does_not_stall_the_call
  7  test_total_timeout_holds_when_the_head_arrives_late
+--  test_the_first_token_timeout_is_named_and_retried (SPEC: Timeout(first_token=))
  8  test_a_stream_ends_at_done_while_the_server_keeps_the_body_open
  9  test_one_event_of_many_data_lines_is_bounded
 10  test_secrets_are_redacted_in_every_encoding
@@ -49,7 +50,8 @@ what the server sends                          outcome                      requ
 =============================================  ===========================  ========
 200 event stream, ``Content-Encoding: gzip``,  ProtocolError (body cannot   1
 a body that is not gzip                        be decoded)
-a status line that is not HTTP                 ProtocolError                1
+a status line that is not HTTP                 ProtocolError, quoting the   1
+                                               line received
 ``event: error`` with data that is not JSON    ServerError (500), the data  1
                                                quoted in the message
 Content-Length shorter than the body (the      IncompleteStreamError with   1
@@ -69,6 +71,11 @@ iterating a stream again after ``break``       yields nothing more, no      1
 a header value that is not latin-1, a header   InvalidRequestError          0
 name holding ``": "``
 =============================================  ===========================  ========
+
+Malformed chunked bodies (defect 5), with ``max_retries=2`` and ``read=1``: a chunk size
+that is not hex, LF-only framing, a size line that never ends, chunk data without its CRLF
+-> ProtocolError, 1 request; a size larger than the data, then a stall -> APITimeoutError
+after the read timeout. Text already received is kept (``IncompleteStreamError.partial``).
 """
 
 from __future__ import annotations
@@ -423,22 +430,33 @@ MALFORMED_CHUNKED = {
 }
 
 
+#: What each malformed body becomes: invalid framing is the server's protocol error (not
+#: retried); a chunk that promises more than arrives is a stall, so a read timeout.
+MALFORMED_OUTCOME: dict[str, type[YlokhError]] = {
+    "bad-size": ProtocolError,
+    "size-larger-than-data": APITimeoutError,
+    "lf-only": ProtocolError,
+    "endless-size-line": ProtocolError,
+}
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", sorted(MALFORMED_CHUNKED))
 def test_a_malformed_chunked_body_ends_with_a_ylokh_error_within_the_read_timeout(
     face: Any, raw: RawServer, case: str
 ) -> None:
     raw.scripts = [MALFORMED_CHUNKED[case]]
-    client = face.client(base_url=raw.base_url, timeout=Timeout(read=1), max_retries=0)
+    client = face.client(base_url=raw.base_url, timeout=Timeout(read=1), max_retries=2)
+    waits = face.record_sleeps(client)
     started = time.monotonic()
     out = face.stream("hi", client=client)
     elapsed = time.monotonic() - started
-    assert isinstance(out.error, (APIError, IncompleteStreamError)), repr(out.error)
+    assert isinstance(out.error, MALFORMED_OUTCOME[case]), repr(out.error)
     assert elapsed < 6, elapsed
-    if out.deltas:
+    if out.deltas:  # text reached the caller: kept, and nothing retried
         assert isinstance(out.error, IncompleteStreamError) and out.error.partial == out.text
-    if case == "size-larger-than-data":
-        assert isinstance(out.error, APITimeoutError), repr(out.error)
+    if case != "size-larger-than-data":  # a protocol error is not retried
+        assert len(raw.requests) == 1 and waits == [], (len(raw.requests), waits)
     assert raw.wait_closed(0, within=3) is not None  # the client let the connection go
 
 
@@ -453,7 +471,7 @@ def test_chunk_data_without_its_crlf_is_not_accepted(face: Any, raw: RawServer) 
     started = time.monotonic()
     out = face.stream("hi", client=client)
     assert time.monotonic() - started < 6
-    assert isinstance(out.error, (APIError, IncompleteStreamError)), (out.deltas, out.error)
+    assert isinstance(out.error, ProtocolError), (out.deltas, out.error)
     assert out.text != "Hello"
 
 
@@ -550,6 +568,27 @@ def test_total_timeout_holds_when_the_head_arrives_late(face: Any, raw: RawServe
     assert "total" in str(out.error), str(out.error)
     assert 3.0 <= elapsed < 5.6, elapsed
     assert len(raw.requests) == 1
+
+
+@pytest.mark.timeout(60)
+def test_the_first_token_timeout_is_named_and_retried(face: Any, raw: RawServer) -> None:
+    """SPEC "Several endpoints": no text ``first_token`` s after sending abandons the call
+    (its connection closed) and retries it like a timeout before the body; the error names
+    the first-token timeout."""
+    role_only = chunk_event(None)  # a chunk without text: the head and bytes came, no token
+    raw.scripts = [[CHUNKED_HEAD, chunked(role_only, end=False), HOLD]]
+    client = face.client(
+        base_url=raw.base_url, timeout=Timeout(read=30, first_token=1), max_retries=1
+    )
+    waits = face.record_sleeps(client)
+    started = time.monotonic()
+    out = face.stream("hi", client=client)
+    elapsed = time.monotonic() - started
+    assert isinstance(out.error, APITimeoutError), repr(out.error)
+    assert "first-token" in str(out.error), str(out.error)
+    assert len(raw.requests) == 2 and len(waits) == 1
+    assert 1.5 <= elapsed < 8, elapsed
+    assert raw.wait_closed(0, within=3) is not None
 
 
 # -- 8: [DONE] ends the stream even when the body stays open -----------------------------------
@@ -748,7 +787,11 @@ SAME_BYTES: dict[str, tuple[list[Any], type[BaseException] | None, str]] = {
         ProtocolError,
         "",
     ),
-    "garbage-status-line": ([b"SSH-2.0-OpenSSH_9.6 garbage\r\n\r\n", CLOSE], ProtocolError, ""),
+    "garbage-status-line": (
+        [b"SSH-2.0-OpenSSH_9.6 garbage\r\n\r\n", CLOSE],
+        ProtocolError,
+        "SSH-2.0-OpenSSH_9.6",  # the message quotes what was received
+    ),
     "event-error-not-json": (
         [response(b"event: error\ndata: upstream exploded badly\n\n")],
         ServerError,

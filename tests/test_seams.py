@@ -514,7 +514,7 @@ def test_malformed_chunked_bodies_without_aiohttp_extensions(tmp_path: Path) -> 
                 except asyncio.CancelledError:
                     return "hangs"
                 except BaseException as exc:
-                    return f"raw {{type(exc).__module__}}.{{type(exc).__name__}}: {{exc}}"
+                    return f"raw {{type(exc).__module__}}.{{type(exc).__name__}}: {{str(exc)!r}}"
                 finally:
                     await client.aclose()
 

@@ -7,6 +7,8 @@ Scenarios (each contender in interleaved rounds, in one run, against one local s
     c  time to the first text delta on a warm connection: median and p90 of 200 requests
     d  ``import`` wall time in fresh processes (ylokh, openai, requests, aiohttp)
     e  the core parser fed a recorded llama.cpp stream: µs per chunk vs ``json.loads``
+    bench  ``ylokh bench``: accuracy against known latencies, ceiling, rate accuracy
+           (``--scenarios bench``, or with letters: ``--scenarios a,bench``)
 
 Every figure comes with its ratio to the raw loop of the same face and to the SDK, from
 the same run. ``--quick`` makes a small run (seconds); ``--no-orjson`` (or
@@ -539,7 +541,16 @@ def main(args: argparse.Namespace) -> int:
     server = ServerProcess(pin)
     runner = Runner()
     try:
-        for s in args.scenarios.replace(",", "").lower():
+        chosen = args.scenarios.lower()
+        if "bench" in chosen:  # -- bench: the ylokh bench scenario --
+            from .bench import scenario_bench
+
+            print("scenario bench...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            res["bench"] = scenario_bench(server.base_url, quick, rounds, pin)
+            print(f"scenario bench: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            chosen = chosen.replace("bench", "")
+        for s in chosen.replace(",", ""):
             t0 = time.perf_counter()
             print(f"scenario {s}...", file=sys.stderr, flush=True)
             if s == "a":
@@ -558,6 +569,10 @@ def main(args: argparse.Namespace) -> int:
         runner.close()
         server.close()
     report = table(res, no_orjson)
+    if "bench" in res:  # -- bench --
+        from .bench import table as bench_table
+
+        report = (report + "\n\n" if report.strip() else "") + bench_table(res["bench"])
     print(report)
     res["table"] = report
     output = Path(args.output) if args.output else HERE / "results" / "latest.json"

@@ -16,9 +16,9 @@ import argparse
 import asyncio
 import json
 import sys
-from pathlib import Path
 
-STREAMS = Path("/work/shared/data/streams")
+from tests.recordings import STREAMS
+
 _FALLBACK_TOKENS = ["Hello", ",", " world", "!", " How", " are", " you", " today", "?", " é日本"]
 
 

@@ -4,6 +4,7 @@ bundled server (which echoes the last user message), on both faces."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ def test_save_and_load(server: Server, tmp_path: Path) -> None:
     path = tmp_path / "chat.json"
     chat.save(path)
     saved = json.loads(path.read_text(encoding="utf-8"))
-    assert saved == chat.messages
+    assert saved["messages"] == chat.messages
     assert "première" in path.read_text(encoding="utf-8")  # readable, not \u-escaped
 
     again = ylokh.Chat.load(path, base_url=server.base_url, model="m2")
@@ -172,4 +173,45 @@ def test_reset_keeps_the_system_prompt(server: Server) -> None:
 
 
 def test_repr() -> None:
-    assert repr(ylokh.Chat(system="S")) == "Chat(1 messages)"
+    assert repr(ylokh.Chat(system="S")) == "Chat(1 message)"
+
+
+def test_save_keeps_the_model_and_options_and_load_restores_them(
+    server: Server, tmp_path: Path
+) -> None:
+    chat = ylokh.Chat(model="m1", temperature=0, max_tokens=5, api_key="sk-secret-1")
+    path = tmp_path / "chat.json"
+    chat.save(path)
+    saved = json.loads(path.read_text())
+    assert saved["model"] == "m1" and saved["options"] == {"temperature": 0, "max_tokens": 5}
+    assert "sk-secret-1" not in path.read_text()  # secrets are never written
+    again = ylokh.Chat.load(path, base_url=server.base_url)
+    again.complete("hello")
+    sent_json = server.requests[-1].json
+    assert (sent_json["model"], sent_json["temperature"], sent_json["max_tokens"]) == ("m1", 0, 5)
+    ylokh.Chat.load(path, base_url=server.base_url, temperature=1).complete("x")
+    assert server.requests[-1].json["temperature"] == 1  # an option given to load() wins
+    assert [p.name for p in tmp_path.iterdir()] == ["chat.json"]  # no temporary file left
+
+
+def test_a_saved_list_of_messages_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "old.json"
+    path.write_text('[{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]')
+    assert len(ylokh.Chat.load(path).messages) == 2
+
+
+@pytest.mark.parametrize(
+    "content", ["not json", '{"role": "user"}', '[{"role": "wizard", "content": "x"}]', "[1]"]
+)
+def test_load_names_the_file_it_rejects(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ylokh.InvalidRequestError, match=re.escape(str(path))):
+        ylokh.Chat.load(path)
+
+
+def test_complete_without_streaming_keeps_the_turn(server: Server) -> None:
+    chat = ylokh.Chat(base_url=server.base_url)
+    assert chat.complete("one piece", stream=False) == "one piece"
+    assert server.requests[-1].json["stream"] is False
+    assert [m["content"] for m in chat.messages] == ["one piece", "one piece"]

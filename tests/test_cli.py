@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lone_surrogate import surrogate_server
 
 import ylokh
 from ylokh import cli
@@ -66,6 +67,14 @@ def read_until(fd: int, marker: bytes) -> bytes:
             break
         seen += data
     return seen
+
+
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Conversations kept for --continue go to a folder of the test's own."""
+    state = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
 
 
 @pytest.fixture
@@ -153,8 +162,9 @@ def test_chat_json_prints_one_object_per_chunk(server: Server) -> None:
         "type": "done",
         "text": "alpha beta gamma",
         "finish_reason": "stop",
-        "usage": None,
+        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
     }
+    assert server.requests[0].json["stream_options"] == {"include_usage": True}
 
 
 def test_chat_no_stream(server: Server) -> None:
@@ -184,7 +194,7 @@ def test_connection_error_exit_1(unused_port: int) -> None:
     done = run("chat", "--base-url", f"http://127.0.0.1:{unused_port}/v1", "hi",
                YLOKH_MAX_RETRIES="0")  # fmt: skip
     assert done.returncode == 1
-    assert done.stderr.startswith("ylokh: error: connection to")
+    assert done.stderr.startswith("ylokh: error: could not connect to")
     assert done.stderr.count("\n") == 1
 
 
@@ -325,7 +335,7 @@ def test_serve_runs_the_bundled_server_until_ctrl_c() -> None:
 def test_serve_reports_a_busy_port(server: Server) -> None:
     done = run("serve", "--port", str(server.port))
     assert done.returncode == 1
-    assert done.stderr.startswith("ylokh: error: cannot listen on")
+    assert done.stderr.startswith("ylokh serve: error: cannot listen on")
 
 
 def test_main_is_the_console_script_entry_point(capsys: pytest.CaptureFixture[str]) -> None:
@@ -376,7 +386,7 @@ def test_interactive_chat_keeps_history(tmp_path: Path) -> None:
             ask(child, "/system", "system prompt: Be terse.")
             saved = tmp_path / "chat.json"
             ask(child, f"/save {saved}", "(saved 5 messages")
-            history = json.loads(saved.read_text())
+            history = json.loads(saved.read_text())["messages"]
             assert history[0] == {"role": "system", "content": "Be terse."}
             assert [m["role"] for m in history[1:]] == ["user", "assistant"] * 2
             ask(child, "/reset", "(conversation cleared)")
@@ -442,3 +452,269 @@ def test_interactive_local() -> None:
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def spawn_one(*args: str, **env: str) -> Any:
+    """A one-shot command on a terminal (stdin, stdout and stderr are the pty)."""
+    return pexpect.spawn(
+        sys.executable, ["-m", "ylokh", *args], env=_env(TERM="dumb", **env),
+        encoding="utf-8", timeout=30, dimensions=(24, 200),
+    )  # fmt: skip
+
+
+def test_interactive_multi_line_input_and_a_pasted_block() -> None:
+    with Server() as srv:
+        child = spawn("chat", "--base-url", srv.base_url)
+        try:
+            child.sendline("first line \\")
+            child.expect_exact(". ")
+            ask(child, "second line", "second line\r\n")
+            assert srv.requests[-1].json["messages"][-1]["content"] == "first line \nsecond line"
+            child.send("pasted one\npasted two\n")  # arrives in one read, as a paste does
+            child.expect_exact("pasted two\r\n")
+            child.expect_exact("> ")
+            assert srv.requests[-1].json["messages"][-1]["content"] == "pasted one\npasted two"
+            assert len(srv.requests) == 2
+        finally:
+            child.close(force=True)
+
+
+def test_interactive_honours_no_stream() -> None:
+    with Server() as srv:
+        child = spawn("chat", "--base-url", srv.base_url, "--no-stream")
+        try:
+            ask(child, "all at once", "all at once\r\n")
+            assert srv.requests[-1].json["stream"] is False
+        finally:
+            child.close(force=True)
+
+
+def test_a_slow_first_answer_says_what_it_waits_for_on_a_terminal() -> None:
+    with Server(fault="stall=30") as srv:
+        child = spawn_one("chat", "--base-url", srv.base_url, "hello")
+        try:
+            child.expect_exact(f"waiting for an answer from {srv.base_url}")
+            child.sendintr()
+            child.expect(pexpect.EOF)
+        finally:
+            child.close(force=True)
+        assert child.exitstatus == 130
+    # Not on a pipe: scripts and logs see only the answer and the error.
+    with Server(fault="stall=6") as srv:
+        done = run("chat", "--base-url", srv.base_url, "--timeout", "5", "--max-retries", "0", "x")
+    assert done.returncode == 1
+    assert "waiting" not in done.stderr
+
+
+def test_a_long_retry_after_wait_is_said_on_a_terminal() -> None:
+    with Server() as srv:
+        srv.script(["status=503;retry-after=3"])
+        child = spawn_one("chat", "--base-url", srv.base_url, "after the wait")
+        try:
+            child.expect(r"waiting [3-4] s before trying again")  # Retry-After, jittered
+            child.expect_exact("after the wait")
+            child.expect(pexpect.EOF)
+        finally:
+            child.close(force=True)
+        assert child.exitstatus == 0
+
+
+# -- the flags people expect (issue 10) -----------------------------------------------------
+def test_usage_errors_print_the_subcommands_usage(tmp_path: Path) -> None:
+    done = run("chat", "--local", "--timeout", "-1", "hi")
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: ylokh chat "), done.stderr
+    src = tmp_path / "in.jsonl"
+    src.write_text('"x"\n')
+    done = run("batch", str(src), "-c", "0", "--local")
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: ylokh batch "), done.stderr
+
+
+def test_option_flags_reach_the_payload(server: Server) -> None:
+    done = run(
+        "chat", "--base-url", server.base_url, "hi", "-o", "top_p=0.5", "--option", "seed=1",
+        "-o", 'stop=["END"]', "-o", 'response_format={"type": "json_object"}', "-o", "user=me",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    sent = server.requests[-1].json
+    assert (sent["top_p"], sent["seed"], sent["stop"]) == (0.5, 1, ["END"])
+    assert sent["response_format"] == {"type": "json_object"}
+    assert sent["user"] == "me"  # not JSON: the text as it is
+
+
+@pytest.mark.parametrize("option", ["novalue", "api_key=x", "=1", "model=m"])
+def test_bad_options_are_usage_errors(server: Server, option: str) -> None:
+    done = run("chat", "--base-url", server.base_url, "hi", "-o", option)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert server.requests == []
+
+
+def test_max_retries_flag(server: Server) -> None:
+    server.script(["status=503", "status=503"])
+    done = run("chat", "--base-url", server.base_url, "hi", "--max-retries", "0")
+    assert done.returncode == 1
+    assert len(server.requests) == 1
+    done = run("chat", "--base-url", server.base_url, "hi", "--max-retries", "1")
+    assert done.returncode == 0 and done.stdout == "hi\n"
+
+
+def test_a_prompt_and_piped_text_are_sent_together(server: Server) -> None:
+    done = run("chat", "--base-url", server.base_url, "Summarize this", stdin="my notes\n")
+    assert done.returncode == 0, done.stderr
+    assert server.requests[-1].json["messages"][-1]["content"] == "Summarize this\n\nmy notes\n"
+
+
+def test_json_reports_a_failure_as_a_last_object(server: Server) -> None:
+    done = run("chat", "--base-url", server.base_url, "--json", "alpha beta gamma",
+               "-o", "ylokh_fault=reset-after=1")  # fmt: skip
+    assert done.returncode == 1
+    last = json.loads(done.stdout.splitlines()[-1])
+    assert last["type"] == "error"
+    assert last["partial"] == "alpha "
+    assert last["error"]["status_code"] is None and last["error"]["message"]
+    assert done.stderr.startswith("ylokh: error: ") and done.stderr.count("\n") == 1
+    done = run("chat", "--base-url", server.base_url, "--json", "x", "--max-retries", "0",
+               "-o", "ylokh_fault=status=503")  # fmt: skip
+    last = json.loads(done.stdout.splitlines()[-1])
+    assert last["error"]["type"] == "ServerError" and last["error"]["status_code"] == 503
+    assert last["partial"] == ""
+
+
+def test_usage_is_dropped_silently_when_the_server_rejects_stream_options(
+    server: Server,
+) -> None:
+    server.script(["status=400"])
+    done = run("chat", "--base-url", server.base_url, "--json", "still answered")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["text"] == "still answered"
+    assert [("stream_options" in r.json) for r in server.requests] == [True, False]
+
+
+def test_continue_goes_on_with_the_last_conversation(server: Server) -> None:
+    done = run("chat", "-c", "--base-url", server.base_url, "too early")
+    assert done.returncode == 2 and "no conversation to continue" in done.stderr
+    assert (
+        run("chat", "--base-url", server.base_url, "-m", "m1", "-t", "0", "first").returncode == 0
+    )
+    done = run("chat", "--continue", "--base-url", server.base_url, "second")
+    assert done.returncode == 0, done.stderr
+    sent = server.requests[-1].json
+    assert [m["content"] for m in sent["messages"]] == ["first", "first", "second"]
+    assert (sent["model"], sent["temperature"]) == ("m1", 0)  # kept with the conversation
+    run("chat", "-c", "--base-url", server.base_url, "third")
+    assert len(server.requests[-1].json["messages"]) == 5
+
+
+def test_interactive_continue(server: Server) -> None:
+    assert run("chat", "--base-url", server.base_url, "before").returncode == 0
+    child = pexpect.spawn(
+        sys.executable, ["-m", "ylokh", "chat", "-c", "--base-url", server.base_url],
+        env=_env(TERM="dumb"), encoding="utf-8", timeout=20, dimensions=(24, 200),
+    )  # fmt: skip
+    try:
+        child.expect_exact("going on after 1 turn")
+        child.expect_exact("> ")
+        ask(child, "after", "after\r\n")
+        assert [m["content"] for m in server.requests[-1].json["messages"]] == [
+            "before", "before", "after"
+        ]  # fmt: skip
+    finally:
+        child.close(force=True)
+
+
+def test_the_first_run_names_the_ways_to_choose_a_server() -> None:
+    # No --base-url, no YLOKH_BASE_URL: the default endpoint no longer answers.
+    done = run("chat", "hi", "--max-retries", "0", "--timeout", "5")
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1
+    for hint in ("--base-url", "YLOKH_BASE_URL", "--local"):
+        assert hint in done.stderr
+
+
+def test_no_hint_when_a_server_was_named(unused_port: int) -> None:
+    done = run("chat", "--base-url", f"http://127.0.0.1:{unused_port}/v1", "hi",
+               "--max-retries", "0")  # fmt: skip
+    assert done.returncode == 1 and "--local" not in done.stderr
+
+
+@pytest.mark.parametrize("backend", ["json", "orjson"])
+def test_a_lone_surrogate_in_a_reply_is_not_a_crash(backend: str) -> None:
+    code = "import sys; sys.modules['orjson'] = None; import runpy; "
+    code += "runpy.run_module('ylokh', run_name='__main__', alter_sys=True)"
+    head = ["-c", code] if backend == "json" else ["-m", "ylokh"]
+    with surrogate_server() as url:
+        done = subprocess.run(
+            [sys.executable, *head, "chat", "--base-url", url, "bad", "--max-retries", "0"],
+            capture_output=True, env=_env(), timeout=60,
+        )  # fmt: skip
+    assert b"Traceback" not in done.stderr
+    if backend == "json":  # decoded: written with a replacement character
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.decode("utf-8") == "bad \ufffd end\n"
+    else:  # orjson refuses the chunk: one error line
+        assert done.returncode in (0, 1), done.stderr
+        assert done.returncode == 0 or done.stderr.count(b"\n") == 1
+
+
+def test_saved_message_count_is_plural_only_when_it_should_be(tmp_path: Path) -> None:
+    with Server() as srv:
+        child = spawn("chat", "--base-url", srv.base_url, "--system", "S")
+        try:
+            ask(child, f"/save {tmp_path / 'one.json'}", "(saved 1 message to")
+        finally:
+            child.close(force=True)
+
+
+def test_serve_has_the_same_flags_as_python_m_ylokh_testing() -> None:
+    def flags(*cmd: str) -> set[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", *cmd, "--help"], capture_output=True, text=True,
+            env=_env(), timeout=60,
+        )  # fmt: skip
+        return set(re.findall(r"--[a-z-]+", done.stdout)) - {"--help", "--debug"}
+
+    assert flags("ylokh", "serve") == flags("ylokh.testing")
+    assert "--chunks" in flags("ylokh", "serve")
+
+
+def test_serve_chunks(unused_port: int) -> None:
+    with popen("serve", "--port", str(unused_port), "--chunks", "7") as proc:
+        try:
+            assert proc.stdout is not None
+            read_until(proc.stdout.fileno(), b"listening")
+            with ylokh.Client(base_url=f"http://127.0.0.1:{unused_port}/v1") as client:
+                assert client.complete("a b") == "a b a b a b a "
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(30)
+
+
+def test_python_m_ylokh_testing_reports_a_busy_port(server: Server) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ylokh.testing", "--port", str(server.port)],
+        capture_output=True, text=True, env=_env(), timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "port is in use" in done.stderr
+
+
+def test_batch_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(f'"prompt {i}"\n' for i in range(300)))
+    for _ in range(3):
+        done = subprocess.run(
+            f"{sys.executable} -m ylokh batch {src} --local -c 8 | head -1",
+            shell=True, capture_output=True, text=True, env=_env(), timeout=60,
+        )  # fmt: skip
+        assert done.stdout.count("\n") == 1
+        assert done.stderr == "", done.stderr
+
+
+def test_a_base_url_without_v1_is_a_404_as_on_real_servers(server: Server) -> None:
+    done = run("chat", "--base-url", server.url, "hi")  # forgot the /v1
+    assert done.returncode == 1
+    assert "404" in done.stderr and done.stderr.count("\n") == 1
+    assert [r.path for r in server.requests] == ["/chat/completions"]

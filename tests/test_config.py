@@ -51,7 +51,7 @@ def test_full_endpoint_url_is_accepted_as_base_url() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"timeout": -1}, "must not be negative"),
+        ({"timeout": -1}, "must be a positive number"),
         ({"timeout": "soon"}, "must be a number"),
         ({"max_retries": -1}, "must not be negative"),
         ({"max_retries": "many"}, "whole number"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,23 @@ def test_batch_runs_inside_the_kernel(executed: Any) -> None:
     assert result[0]["data"]["text/plain"] == "['one', 'two', 'three']"
 
 
+@needs_kernel
+def test_show_as_the_last_line_of_a_cell_renders_once(executed: Any) -> None:
+    notebook, messages = executed
+    index, c = cell(notebook, "show-last")
+    assert markdown_outputs(c) == ["Shown once, not twice"]
+    assert [o["output_type"] for o in c.outputs] == ["display_data"]  # no execute_result
+    assert not [m for m in messages if m["cell"] == index and m["type"] == "execute_result"]
+
+
+@needs_kernel
+def test_an_answer_shown_earlier_displays_in_a_later_cell(executed: Any) -> None:
+    notebook, _ = executed
+    c = cell(notebook, "show-later")[1]
+    texts = [o["data"]["text/plain"] for o in c.outputs if "data" in o]
+    assert texts == ["'The async twin'"]
+
+
 # -- outside a kernel ------------------------------------------------------------------------
 def test_show_prints_when_not_in_a_kernel(
     server: Server, capsys: pytest.CaptureFixture[str]
@@ -175,3 +193,38 @@ def test_notebook_module_is_lazy_and_needs_no_ipython() -> None:
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+def test_show_joins_the_text_at_a_bounded_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """20,000 deltas: the display is updated, and the text joined, at most once per
+    interval (plus the first and the last), not once per delta."""
+    import ylokh.notebook as notebook
+    from ylokh._sync import Stream
+
+    rendered: list[str] = []
+
+    class Handle:
+        def update(self, markdown: str) -> None:
+            rendered.append(markdown)
+
+    # A display that records its updates (the kernel's part is tested above, for real).
+    monkeypatch.setattr(notebook, "_ipython", lambda: (str, lambda *a, **k: Handle()))
+    joins = [0]
+
+    class Counting(Stream):
+        @property
+        def text(self) -> str:
+            joins[0] += 1
+            return super().text
+
+    with Server(chunks=20_000) as srv, ylokh.Client(base_url=srv.base_url) as client:
+        stream = client.stream("w")
+        stream.__class__ = Counting
+        started = time.monotonic()
+        answer = show(stream, interval=0.05)
+        elapsed = time.monotonic() - started
+    assert answer == "w " * 20_000
+    assert rendered[-1] == answer
+    bound = elapsed / 0.05 + 3
+    assert len(rendered) <= bound
+    assert joins[0] <= bound + 2  # the text Completion.of takes, and the last rendering

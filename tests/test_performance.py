@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 
 import ylokh
-from ylokh._protocol import ResponseParser
+from ylokh._answer import Answer
+from ylokh._readers import reader_for
 from ylokh.testing import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,13 +83,14 @@ def _count_calls(fn: Callable[[], Any]) -> tuple[int, Any]:
     return calls, result
 
 
-def _parse(pieces: list[bytes]) -> ResponseParser:
-    parser = ResponseParser()
-    parser.start(200, {"content-type": "text/event-stream"})
+def _parse(pieces: list[bytes]) -> Answer:
+    """The pieces through the reader a face would use, as a face feeds it."""
+    answer = Answer()
+    feed = reader_for(answer, 200, {"content-type": "text/event-stream"}).feed
     for piece in pieces:
-        parser.feed(piece)
-    parser.close()
-    return parser
+        feed(piece)
+    feed(b"", True)
+    return answer
 
 
 # -- the core ---------------------------------------------------------------------------------
@@ -284,23 +286,10 @@ def test_one_connection_for_100_async_calls(
 
 
 # -- the bulk de-chunker (sync face) ----------------------------------------------------------
-class _FakeHTTPResponse:
-    closed = 0
-
-    def _close_conn(self) -> None:
-        self.closed += 1
-
-
 def _dechunker() -> Any:
-    from ylokh._sync import _Dechunker
+    from ylokh._chunked import ChunkedDecoder
 
-    decoder = object.__new__(_Dechunker)
-    decoder._response = _FakeHTTPResponse()
-    decoder._left = 0
-    decoder._rest = b""
-    decoder._trailer = False
-    decoder._done = False
-    return decoder
+    return ChunkedDecoder()
 
 
 def test_dechunker_gives_the_body_back_however_it_is_cut() -> None:
@@ -314,17 +303,24 @@ def test_dechunker_gives_the_body_back_however_it_is_cut() -> None:
         for b in (a + 1, a + 7, a + 300):
             decoder = _dechunker()
             pieces = [framed[:a], framed[a:b], framed[b:]]
-            out = b"".join(decoder._decode(p) for p in pieces if p)
+            out = b"".join(decoder.feed(p) for p in pieces if p)
             assert out == body, (a, b)
-            assert decoder._done
-            assert decoder._response.closed == 1
+            assert decoder.done
 
 
-def test_dechunker_rejects_a_bad_chunk_size() -> None:
+@pytest.mark.parametrize(
+    "framed",
+    [
+        b"zz\r\ndata: x\r\n",  # a chunk size that is not hex
+        b"3\r\nabcXY",  # chunk data not followed by CRLF
+        b"3\nabc\r\n",  # a size line ended by LF alone
+    ],
+)
+def test_dechunker_rejects_malformed_framing(framed: bytes) -> None:
     import http.client
 
-    with pytest.raises(http.client.IncompleteRead):
-        _dechunker()._decode(b"zz\r\ndata: x\r\n")
+    with pytest.raises(http.client.HTTPException):
+        _dechunker().feed(framed)
 
 
 def test_sync_stream_is_identical_through_the_bulk_reader(big_server: Server) -> None:

@@ -8,11 +8,12 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
+from parsing import Parser as ResponseParser
 
 import ylokh
 from ylokh._config import resolve_settings
 from ylokh._errors import error_message
-from ylokh._protocol import ResponseParser, build_request, parse_retry_after, validate_messages
+from ylokh._protocol import build_request, parse_retry_after, validate_messages
 
 SSE = {"content-type": "text/event-stream"}
 

@@ -109,3 +109,28 @@ def test_bad_messages_fail_before_traffic(server: Server) -> None:
             "m", [{"role": "x", "content": "y"}], base_url=server.base_url
         )
     assert server.requests == []
+
+
+def test_the_async_result_closes_like_a_generator() -> None:
+    """``contextlib.aclosing`` and code that closes generators work on the seed's result;
+    closing in the middle of an answer closes its response at once."""
+    import contextlib
+
+    async def main() -> list[str]:
+        got: list[str] = []
+        result = ylokh.Ylokh.create_async_generator(
+            "m", [{"role": "user", "content": "one two three four"}], base_url=srv.base_url
+        )
+        async with contextlib.aclosing(result) as answer:
+            async for text in answer:
+                got.append(text)
+                break
+        await result.aclose()  # twice is harmless
+        with pytest.raises(StopAsyncIteration):
+            await result.__anext__()
+        return got
+
+    with Server(delay=0.2) as srv:  # the pauses let the server see the client leave
+        assert asyncio.run(main()) == ["one "]
+        [request] = srv.requests
+        assert request.disconnected.wait(5)  # the response was closed, not left to drain

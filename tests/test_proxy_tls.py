@@ -22,6 +22,7 @@ import pytest
 import trustme
 from rawserver import PROXY_PASSWORD, PROXY_USER, Proxy, free_port
 
+import ylokh
 from ylokh import APIConnectionError, APIStatusError, AuthenticationError
 from ylokh.testing import Server
 
@@ -244,7 +245,7 @@ def test_the_cli_never_prints_the_api_key(server: Server) -> None:
     assert "401" in result.stderr and API_KEY not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("status", [302, 307])
+@pytest.mark.parametrize("status", [307, 308])
 def test_authorization_is_not_forwarded_to_another_host(face: Any, status: int) -> None:
     with Server() as origin, Server() as other:
         target = f"http://localhost:{other.port}/v1/chat/completions"
@@ -255,8 +256,21 @@ def test_authorization_is_not_forwarded_to_another_host(face: Any, status: int) 
         assert len(other.requests) == 1
         assert "authorization" not in other.requests[0].headers
         assert API_KEY not in str(other.requests[0].headers)
-    if status == 307:
-        assert out.error is None and out.result == "redirected"
+    assert out.error is None and out.result == "redirected"
+
+
+@pytest.mark.parametrize("status", [301, 302, 303])
+def test_a_redirect_that_would_become_a_get_is_an_error_naming_the_location(
+    face: Any, status: int
+) -> None:
+    with Server() as origin:
+        target = "http://127.0.0.1:9/v1/chat/completions"
+        origin.script([f"status={status};header=Location:{target}"])
+        client = face.client(base_url=origin.base_url, max_retries=3)
+        out = face.complete("redirected", client=client)
+        assert isinstance(out.error, ylokh.APIStatusError)
+        assert out.error.status_code == status and target in str(out.error)
+        assert len(origin.requests) == 1  # not retried, never turned into a GET
 
 
 async def _async_noop(seconds: float) -> None:

@@ -1,6 +1,6 @@
 """Streams recorded from a real llama.cpp server, through the parser and through both faces.
 
-The files (``/work/shared/data/streams``, or ``$YLOKH_RECORDED_STREAMS``) are response bodies
+The files (``tests/data/streams``, or ``$YLOKH_RECORDED_STREAMS``) are response bodies
 of llama-cpp-python 0.3.36 serving Gemma 3 270M: role-only first delta, one delta per
 token, ``: ping`` comments on a long stream, and a stream interrupted by a second request
 (``[DONE]`` with no ``finish_reason``, then the connection dropped).
@@ -9,19 +9,16 @@ token, ``: ping`` comments on a long stream, and a stream interrupted by a secon
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from parsing import Parser as ResponseParser
+from recordings import STREAMS
 
-from ylokh._protocol import ResponseParser
-
-STREAMS = Path(os.environ.get("YLOKH_RECORDED_STREAMS", "/work/shared/data/streams"))
 HEAD = {"content-type": "text/event-stream"}
 FILES = {
     # name: (finish_reason, number of text deltas, start of the text)

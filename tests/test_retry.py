@@ -6,7 +6,6 @@ except once, end to end, with a real ``Retry-After: 1``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 import time
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 import tenacity
+from parsing import Parser as ResponseParser
 
 import ylokh
 from ylokh import (
@@ -29,15 +29,16 @@ from ylokh import (
     Timeout,
 )
 from ylokh._errors import status_error
-from ylokh._protocol import ResponseParser, parse_retry_after
+from ylokh._protocol import parse_retry_after
 from ylokh._retry import (
     FIRST_WAIT,
+    JITTER,
     MAX_WAIT,
     RETRY_STATUSES,
-    async_retrying,
-    backoff,
+    Policy,
     is_retryable,
-    retrying,
+    new_state,
+    wait_server_or_backoff,
 )
 from ylokh.testing import Server
 
@@ -83,6 +84,14 @@ def test_error_objects_inside_a_stream_are_not_retried() -> None:
     assert info.value.status_code == 503 and not is_retryable(info.value)
 
 
+def backoff(attempt: int, error: BaseException | None, rand: Any) -> float:
+    """The policy's wait after ``attempt`` failed with ``error``."""
+    state = new_state()
+    state.attempt_number = attempt
+    state.set_exception((type(error), error, None) if error else (Exception, Exception(), None))
+    return wait_server_or_backoff(rand)(state)
+
+
 def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
     top = [backoff(n, None, lambda: 1.0) for n in range(1, 9)]
     assert top == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]
@@ -91,9 +100,9 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
     assert backoff(3, None, lambda: 0.25) == 0.5
 
 
-def test_backoff_takes_the_servers_wait() -> None:
+def test_backoff_takes_the_servers_wait_with_a_little_jitter() -> None:
     error = status_error(429, b"{}", retry_after=7.5)
-    assert backoff(1, error, lambda: 1.0) == 7.5
+    assert backoff(1, error, lambda: 1.0) == pytest.approx(7.5 * (1 + JITTER))
     assert backoff(4, error, lambda: 0.0) == 7.5
 
 
@@ -114,9 +123,21 @@ def test_retry_after_in_seconds_date_and_ms_capped_at_a_minute() -> None:
 
 
 # -- the tenacity policy ----------------------------------------------------------------------
-def test_policy_retries_with_recorded_waits_and_logs_each_retry(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def drive(max_retries: int, total: float | None, attempt: Any, sleep: Any, rand: Any = None) -> Any:
+    """The faces' loop around an attempt, on the bare policy."""
+    policy = Policy(max_retries, total, rand or (lambda: 1.0))
+    state = new_state()
+    while True:
+        try:
+            return attempt()
+        except ylokh.YlokhError as exc:
+            wait = policy.next_wait(state, exc)
+            if wait is None:
+                raise
+            sleep(wait)
+
+
+def test_policy_retries_with_the_waits_of_the_backoff() -> None:
     waits: list[float] = []
     calls: list[int] = []
 
@@ -126,15 +147,8 @@ def test_policy_retries_with_recorded_waits_and_logs_each_retry(
             raise status_error(503, b'{"error": {"message": "busy"}}')
         return "ok"
 
-    policy = retrying("http://h/v1", 2, None, sleep=waits.append, rand=lambda: 1.0)
-    with caplog.at_level(logging.WARNING, logger="ylokh"):
-        assert policy(attempt) == "ok"
+    assert drive(2, None, attempt, waits.append) == "ok"
     assert waits == [0.5, 1.0] and len(calls) == 3
-    messages = [r.getMessage() for r in caplog.records if r.name == "ylokh"]
-    assert len(messages) == 2
-    assert all(r.levelno == logging.WARNING for r in caplog.records)
-    assert "in 0.50 s" in messages[0] and "busy" in messages[0] and "attempt 2 of 3" in messages[0]
-    assert "in 1.00 s" in messages[1] and "attempt 3 of 3" in messages[1]
 
 
 def test_policy_gives_up_after_max_retries_with_the_last_error() -> None:
@@ -144,21 +158,8 @@ def test_policy_gives_up_after_max_retries_with_the_last_error() -> None:
         raise APIConnectionError("refused")
 
     with pytest.raises(APIConnectionError, match="refused"):
-        retrying("u", 4, None, sleep=waits.append, rand=lambda: 0.5)(attempt)
+        drive(4, None, attempt, waits.append, lambda: 0.5)
     assert waits == [0.25, 0.5, 1.0, 2.0]
-
-
-def test_max_retries_zero_is_one_attempt() -> None:
-    waits: list[float] = []
-    calls: list[int] = []
-
-    def attempt() -> None:
-        calls.append(1)
-        raise APITimeoutError("slow")
-
-    with pytest.raises(APITimeoutError):
-        retrying("u", 0, None, sleep=waits.append)(attempt)
-    assert calls == [1] and waits == []
 
 
 def test_policy_does_not_retry_what_is_not_retryable() -> None:
@@ -169,7 +170,7 @@ def test_policy_does_not_retry_what_is_not_retryable() -> None:
         raise status_error(401, b"no")
 
     with pytest.raises(ylokh.AuthenticationError):
-        retrying("u", 5, None, sleep=lambda s: None)(attempt)
+        drive(5, None, attempt, lambda s: None)
     assert calls == [1]
 
 
@@ -181,29 +182,16 @@ def test_policy_stops_when_the_wait_would_pass_the_total_deadline() -> None:
         calls.append(1)
         raise status_error(503, b"", retry_after=5.0)
 
-    deadline = time.monotonic() + 2.0
     with pytest.raises(ServerError):
-        retrying("u", 5, deadline, sleep=waits.append)(attempt)
+        drive(5, 2.0, attempt, waits.append)
     assert calls == [1] and waits == []
 
 
-def test_async_policy_is_the_same_policy() -> None:
-    waits: list[float] = []
-    calls: list[int] = []
-
-    async def sleep(seconds: float) -> None:
-        waits.append(seconds)
-
-    async def attempt() -> str:
-        calls.append(1)
-        if len(calls) < 3:
-            raise status_error(429, b"", retry_after=2.0 if len(calls) == 1 else None)
-        return "ok"
-
-    policy = async_retrying("u", 2, None, sleep=sleep, rand=lambda: 1.0)
-    assert isinstance(policy, tenacity.AsyncRetrying)
-    assert asyncio.run(policy(attempt)) == "ok"
-    assert waits == [2.0, 1.0]
+def test_policy_is_made_of_tenacitys_pieces() -> None:
+    policy = Policy(2, 10.0)
+    assert isinstance(policy.stop, tenacity.stop.stop_any)
+    assert isinstance(policy.wait, tenacity.wait.wait_base)
+    assert isinstance(policy.retry, tenacity.retry_if_exception)
 
 
 # -- both faces: max_retries, the sleep hook, the log, a real Retry-After ---------------------

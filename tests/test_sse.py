@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from recordings import recording
 
 from ylokh import ProtocolError
 from ylokh._sse import Event, SSEDecoder
-
-STREAMS = Path(__file__).resolve().parents[2] / "shared" / "data" / "streams"
 
 
 def decode(*pieces: bytes, max_line_size: int = 1 << 20) -> list[Event]:
@@ -93,7 +90,7 @@ def test_memory_stays_bounded_without_line_ends() -> None:
 
 
 def _sample() -> bytes:
-    return (STREAMS / "llamacpp_gemma_stream.sse").read_bytes()
+    return recording("llamacpp_gemma_stream.sse")
 
 
 def test_recorded_stream_every_split_point_gives_the_same_events() -> None:

@@ -34,6 +34,7 @@ from ._errors import (
     ServerError,
     YlokhError,
 )
+from ._stats import Stats
 from ._version import __version__
 from .chat import Chat
 from .provider import Ylokh
@@ -41,7 +42,7 @@ from .provider import Ylokh
 if TYPE_CHECKING:
     from . import notebook
     from ._async import AsyncClient, AsyncStream
-    from ._batch import batch
+    from ._batch import BatchResult, abatch, batch
     from ._sync import Client, Stream
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "AsyncStream",
     "AuthenticationError",
     "BadRequestError",
+    "BatchResult",
     "Chat",
     "Client",
     "Completion",
@@ -62,11 +64,13 @@ __all__ = [
     "ProtocolError",
     "RateLimitError",
     "ServerError",
+    "Stats",
     "Stream",
     "Timeout",
     "Ylokh",
     "YlokhError",
     "__version__",
+    "abatch",
     "acomplete",
     "astream",
     "batch",
@@ -82,6 +86,8 @@ _LAZY = {
     "AsyncClient": "._async",
     "AsyncStream": "._async",
     "batch": "._batch",
+    "abatch": "._batch",
+    "BatchResult": "._batch",
     "notebook": ".notebook",
 }
 
@@ -91,4 +97,11 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'ylokh' has no attribute {name!r}")
     loaded = importlib.import_module(module, __name__)
-    return loaded if name == "notebook" else getattr(loaded, name)
+    value = loaded if name == "notebook" else getattr(loaded, name)
+    globals()[name] = value  # once loaded, an attribute like any other
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names, the lazily imported ones included (tab completion finds them)."""
+    return sorted({*globals(), *__all__})

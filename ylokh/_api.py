@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._base import Completion
@@ -30,6 +30,7 @@ _ENV_NAMES = (
     "YLOKH_PROXY",
     "YLOKH_TIMEOUT",
     "YLOKH_MAX_RETRIES",
+    "YLOKH_FIRST_TOKEN_TIMEOUT",
     "HTTPS_PROXY",
     "https_proxy",
     "HTTP_PROXY",
@@ -43,7 +44,7 @@ _local = threading.local()
 _retiring: set[asyncio.Task[None]] = set()  # keeps retiring tasks alive until done
 _EnvKey = tuple[str | None, ...]
 _async_clients: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, tuple[_EnvKey, AsyncClient, AsyncGenerator[None, None]]
+    asyncio.AbstractEventLoop, dict[object, tuple[AsyncClient, AsyncGenerator[None, None]]]
 ] = weakref.WeakKeyDictionary()
 
 
@@ -70,40 +71,61 @@ def _default_client() -> Client:
 
 
 async def _keep_until_loop_closes(
-    loop: asyncio.AbstractEventLoop, client: AsyncClient
+    loop: asyncio.AbstractEventLoop, key: object, client: AsyncClient
 ) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
-        if _async_clients.get(loop, (None, client))[1] is client:
-            del _async_clients[loop]
+        clients = _async_clients.get(loop, {})
+        if key in clients and clients[key][0] is client:
+            del clients[key]
         await client.aclose()
 
 
 def _default_async_client() -> AsyncClient:
-    import asyncio
-
     from ._async import AsyncClient
 
+    return _per_loop(_env_key(), AsyncClient)
+
+
+def async_twin(client: Client) -> AsyncClient:
+    """An ``AsyncClient`` with a sync client's settings for the running loop (a ``Chat``
+    given a ``Client`` and called with ``acomplete``), closed when the loop shuts down."""
+    from ._async import AsyncClient
+
+    return _per_loop(("twin", id(client)), lambda: AsyncClient(**client._args, model=client.model))
+
+
+def _per_loop(key: object, make: Callable[[], AsyncClient]) -> AsyncClient:
+    import asyncio
+
     loop = asyncio.get_running_loop()
-    key = _env_key()
-    entry = _async_clients.get(loop)
-    if entry is not None and entry[0] == key:
-        return entry[1]
-    client = AsyncClient()
-    keeper = _keep_until_loop_closes(loop, client)
+    clients = _async_clients.get(loop)
+    if clients is None:
+        clients = _async_clients[loop] = {}
+    entry = clients.get(key)
+    if entry is not None:
+        return entry[0]
+    client = make()
+    keeper = _keep_until_loop_closes(loop, key, client)
     # Run the keeper to its first yield now: that registers it with the loop, which
     # closes it (and so the client) when it shuts down.
     try:
         keeper.asend(None).send(None)
     except StopIteration:
         pass
-    if entry is not None:  # the environment changed: retire the old client
-        task = loop.create_task(entry[2].aclose())
-        _retiring.add(task)
-        task.add_done_callback(_retiring.discard)
-    _async_clients[loop] = (key, client, keeper)
+    if isinstance(key, tuple) and key and key[0] != "twin":
+        for old_key in [k for k in clients if k != key and not _is_twin(k)]:
+            # the environment changed: retire the old default client
+            task = loop.create_task(clients.pop(old_key)[1].aclose())
+            _retiring.add(task)
+            task.add_done_callback(_retiring.discard)
+    clients[key] = (client, keeper)
     return client
+
+
+def _is_twin(key: object) -> bool:
+    return isinstance(key, tuple) and bool(key) and key[0] == "twin"
 
 
 def stream(prompt_or_messages: object, *, model: str | None = None, **options: Any) -> Stream:

@@ -1,35 +1,62 @@
 """The asyncio face: :class:`AsyncClient` and its :class:`AsyncStream`, on ``aiohttp``.
 
-The twin of ``_sync``, by hand: the same attempt (send, head to the parser, first
-bytes), the same read loop (``readany``: each delta as soon as its bytes arrive), the
-same policy. This module is imported only when an async API is first used.
+The twin of ``_sync``, by hand where ``await`` or aiohttp's API differs: the same attempt
+(send, head to the call, read until the first delta), the same read loop (``readany``:
+each delta as soon as its bytes arrive), the same policy. aiohttp and asyncio exceptions
+are named once, in :data:`FAILURES`. Imported only when an async API is first used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import ssl
-import time
+import weakref
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
-from ._base import BaseClient, BaseStream, Completion, Exchange, deadline_of
-from ._config import Settings, redact_url
-from ._errors import (
-    APIConnectionError,
-    APITimeoutError,
-    InvalidRequestError,
-    ProtocolError,
-    YlokhError,
-    redact,
+from . import _compat, _retry  # noqa: F401  (_retry: tenacity loaded before any failure)
+from ._base import (
+    FIRST_READ_SIZE,
+    BaseClient,
+    BaseStream,
+    Call,
+    Completion,
+    Inside,
+    translating,
 )
-from ._protocol import FIRST_READ_SIZE, Request, ResponseParser
-from ._retry import areplay, async_retrying, is_retryable
+from ._errors import SOCKS_HINT, Failure, InvalidRequestError, YlokhError
 
-_Opened = tuple[aiohttp.ClientResponse, ResponseParser, list[str], bool]
+#: aiohttp/asyncio/socket exceptions -> what failed (``Inside``: a wrapper, look inside).
+FAILURES: dict[type, Failure | Inside] = {
+    aiohttp.ConnectionTimeoutError: Failure.CONNECT_TIMEOUT,
+    aiohttp.SocketTimeoutError: Failure.READ_TIMEOUT,
+    aiohttp.ServerTimeoutError: Failure.READ_TIMEOUT,
+    asyncio.TimeoutError: Failure.TOTAL_TIMEOUT,  # the call refines it by its deadlines
+    aiohttp.ClientSSLError: Failure.TLS,
+    ssl.SSLError: Failure.TLS,
+    ssl.CertificateError: Failure.TLS,
+    aiohttp.ClientProxyConnectionError: Failure.PROXY,
+    aiohttp.ClientHttpProxyError: Failure.PROXY,
+    aiohttp.InvalidURL: Failure.INVALID,
+    aiohttp.TooManyRedirects: Failure.REDIRECTS,
+    aiohttp.ServerDisconnectedError: Failure.RESET,
+    aiohttp.ClientPayloadError: Inside(Failure.RESET),
+    aiohttp.http_exceptions.ContentEncodingError: Failure.DECODE,
+    zlib.error: Failure.DECODE,
+    aiohttp.ClientResponseError: Failure.PROTOCOL,
+    aiohttp.ClientConnectorError: Failure.CONNECT,
+    aiohttp.ClientOSError: Failure.CONNECT,
+    aiohttp.ClientConnectionError: Failure.CONNECT,
+    ConnectionResetError: Failure.RESET,
+    ConnectionRefusedError: Failure.CONNECT,
+    OSError: Failure.CONNECT,
+}
+_Opened = tuple[aiohttp.ClientResponse, list[str]]
 
 
 class AsyncClient(BaseClient):
@@ -40,35 +67,62 @@ class AsyncClient(BaseClient):
             async for text in client.stream("Hello"):
                 print(text, end="", flush=True)
 
-    Takes the same arguments as :class:`ylokh.Client`.
+    Takes the same arguments as :class:`ylokh.Client`. A client belongs to the event
+    loop of its first call; after ``aclose()`` it may be used again, in any loop.
 
     Raises:
         InvalidRequestError: a setting is invalid.
     """
 
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
-        self._session: aiohttp.ClientSession | None = None
+    def _setup(self) -> None:
+        self._sessions: dict[object, aiohttp.ClientSession] = {}
         self._ssl: dict[object, ssl.SSLContext | bool] = {}
-        self._sleep: Callable[[float], Awaitable[None]] | None = None
+        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._keeper: AsyncGenerator[None, None] | None = None
+        self._keeper_loop: asyncio.AbstractEventLoop | None = None
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """The ``aiohttp.ClientSession`` behind this client, made on first use."""
-        if self._session is None or self._session.closed:
-            connector = _connector(self.settings)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
+    def session_for(self, proxy: str | None) -> aiohttp.ClientSession:
+        """The ``aiohttp.ClientSession`` for calls through ``proxy`` (SOCKS proxies live in
+        the connector, so each has its own session), made on first use in this loop.
+
+        Raises:
+            YlokhError: the client is used from another event loop than its sessions'.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None and not self._loop.is_closed() and self._sessions:
+                raise YlokhError(
+                    "this AsyncClient belongs to another event loop that is still running; "
+                    "use one client per loop, or aclose() it first"
+                )
+            for old in self._sessions.values():  # the old loop is gone: so are they
+                _compat.drop_session(old)
+            self._sessions.clear()
+            self._loop = loop
+            _close_with_loop(self)
+        key = proxy if proxy and proxy.startswith("socks") else None
+        session = self._sessions.get(key)
+        if session is None or session.closed:
+            session = self._sessions[key] = aiohttp.ClientSession(
+                connector=_connector(key),
                 trust_env=False,  # proxies were resolved once, with the settings
                 timeout=aiohttp.ClientTimeout(total=None),
             )
-        return self._session
+        return session
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The ``aiohttp.ClientSession`` behind this client's direct calls."""
+        return self.session_for(self.settings.proxy)
 
     async def aclose(self) -> None:
         """Close the pooled connections. The client can still be used afterwards."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        sessions = list(self._sessions.values())
+        self._sessions.clear()
+        self._loop = None
+        for session in sessions:
+            await session.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -86,8 +140,9 @@ class AsyncClient(BaseClient):
         Raises:
             InvalidRequestError: bad input, before any network traffic.
         """
-        settings, request = self._prepare(prompt_or_messages, model, True, options)
-        return AsyncStream(self, settings, request)
+        stream = options.pop("stream", True)
+        call = self._call(prompt_or_messages, model, stream is not False, options)
+        return AsyncStream(self, call)
 
     async def complete(
         self, prompt_or_messages: object, *, model: str | None = None, **options: Any
@@ -98,19 +153,19 @@ class AsyncClient(BaseClient):
             InvalidRequestError: bad input, before any network traffic.
             APIError: as :meth:`stream`; the whole call is retried when that is safe.
         """
-        settings, request = self._prepare(prompt_or_messages, model, False, options)
-        exchange = Exchange(settings, request)
-        async for _ in _run(self, exchange):
+        if options.pop("stream", False) is not False:
+            raise InvalidRequestError(
+                "complete() always sends stream: false; use stream() to stream"
+            )
+        call = self._call(prompt_or_messages, model, False, options)
+        async for _ in _run(self, call):
             pass
-        return Completion.of(exchange)
+        return Completion.of(call)
 
-    # -- the I/O path ----------------------------------------------------------------------
-    def _ssl_for(self, settings: Settings) -> ssl.SSLContext | bool:
-        verify = settings.verify
-        if verify is True:
-            return True
-        if verify is False:
-            return False
+    # -- the I/O path: open (retried), then read --------------------------------------------
+    def _ssl_for(self, verify: bool | str) -> ssl.SSLContext | bool:
+        if isinstance(verify, bool):
+            return verify
         context = self._ssl.get(verify)
         if context is None:
             try:
@@ -119,77 +174,67 @@ class AsyncClient(BaseClient):
                 raise InvalidRequestError(f"cannot load the CA bundle {verify!r}: {exc}") from None
         return context
 
-    async def _attempt(
-        self, request: Request, settings: Settings, deadline: float | None
-    ) -> _Opened:
-        timeout = settings.timeout
-        total = None if deadline is None else max(deadline - time.monotonic(), 0.001)
-        proxy, proxy_headers = _split_proxy(settings.proxy)
-        headers = request.headers
-        if proxy_headers and not request.url.startswith("https:"):
-            headers = {**headers, **proxy_headers}  # plain HTTP: the proxy reads the request
-        try:
-            response = await self.session.post(
-                request.url,
-                data=request.body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(
-                    total=total, sock_connect=timeout.connect, sock_read=timeout.read
-                ),
-                proxy=proxy,
-                proxy_headers=proxy_headers,
-                ssl=self._ssl_for(settings),
-            )
-        except Exception as exc:
-            raise _map_error(exc, request, settings) from exc
-        parser = ResponseParser(request.secrets)
-        try:
-            parser.start(response.status, response.headers)
-            content = response.content
-            if parser.buffered:
-                limit = parser.body_limit + 1
-                body = bytearray()
-                while len(body) < limit:
-                    data = await content.readany()
-                    if not data:
-                        break
-                    body += data
-                parser.feed(bytes(body))
-                deltas = parser.close()
-                response.release()
-                return response, parser, deltas, True
-            first = await content.read(FIRST_READ_SIZE)  # waits for some, not for all
-            if not first:
-                deltas = parser.close()
-                response.release()
-                return response, parser, deltas, True
-            return response, parser, parser.feed(first), False
-        except YlokhError:
-            response.close()
-            raise
-        except BaseException as exc:
-            response.close()
-            if isinstance(exc, Exception):
-                raise _map_error(exc, request, settings) from exc
-            raise
+    async def _open(self, call: Call) -> _Opened:
+        call.begin()
+        while True:
+            try:
+                first = call.settings.timeout.first_token
+                if first is None:
+                    return await self._attempt(call)
+                return await asyncio.wait_for(self._attempt(call), first)
+            except YlokhError as exc:
+                await self._sleep(call.retry_wait(exc))
+            except asyncio.TimeoutError as exc:  # the first-token timeout above
+                error = call.error(Failure.FIRST_TOKEN_TIMEOUT, exc)
+                await self._sleep(call.retry_wait(error))
 
-    async def _open(self, exchange: Exchange) -> _Opened:
-        settings = exchange.settings
-        deadline = deadline_of(settings)
-        exchange.started = time.monotonic()
+    async def _attempt(self, call: Call) -> _Opened:
+        call.attempt()
+        settings = call.settings
+        proxy, proxy_headers = _split_proxy(settings.proxy)
+        with translating(call, FAILURES):
+            session = self.session_for(settings.proxy)
+            ssl_context = self._ssl_for(settings.verify)
+            while True:
+                headers = call.headers
+                if proxy_headers and not call.url.startswith("https:"):
+                    headers = {**headers, **proxy_headers}  # plain HTTP: the proxy reads it
+                connect, _ = call.timeouts()
+                response = await session.post(
+                    call.url,
+                    data=call.request.body,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(
+                        total=call.remaining(),
+                        sock_connect=connect,
+                        sock_read=settings.timeout.read,  # the first token: wait_for in _open
+                    ),
+                    proxy=proxy,
+                    proxy_headers=proxy_headers,
+                    ssl=ssl_context,
+                    allow_redirects=False,
+                )
+                try:
+                    accepted = call.accept(response.status, response.headers)
+                except BaseException:
+                    response.close()
+                    raise
+                if accepted:
+                    break
+                response.close()  # a redirect: follow it
         try:
-            opened = await self._attempt(exchange.request, settings, deadline)
-        except YlokhError as exc:
-            if not settings.max_retries or not is_retryable(exc):
-                raise
-            policy = async_retrying(
-                exchange.request.url, settings.max_retries, deadline, sleep=self._sleep
-            )
-            attempt = areplay(exc, self._attempt)
-            opened = await policy(attempt, exchange.request, settings, deadline)
-        exchange.parser = opened[1]
-        exchange.first_byte = time.monotonic()
-        return opened
+            with translating(call, FAILURES):
+                content = response.content
+                data = await content.read(FIRST_READ_SIZE)  # waits for some, not for all
+                deltas = call.feed(data, not data)
+                while not deltas and not call.answer.ended:
+                    data = await content.readany()
+                    deltas = call.feed(data, not data)
+        except BaseException:
+            response.close()
+            raise
+        call.opened()
+        return response, deltas
 
 
 class AsyncStream(BaseStream):
@@ -201,12 +246,14 @@ class AsyncStream(BaseStream):
     ``reasoning`` hold the results.
     """
 
-    def __init__(self, client: AsyncClient, settings: Settings, request: Request) -> None:
-        super().__init__(settings, request)
-        self._iterator = _run(client, self._exchange)
+    def __init__(self, client: AsyncClient, call: Call) -> None:
+        super().__init__(call)
+        self._iterator = _run(client, call)
 
     def __aiter__(self) -> AsyncIterator[str]:
-        return _Loop(self._iterator, self._exchange)
+        if self._call.left:  # a loop was left early: the response is closed, as on _sync
+            return _Loop(_nothing(), self._call)
+        return _Loop(self._iterator, self._call)
 
     def __anext__(self) -> Awaitable[str]:
         return self._iterator.__anext__()
@@ -219,6 +266,7 @@ class AsyncStream(BaseStream):
 
     async def aclose(self) -> None:
         """Stop reading and close the HTTP response (idempotent)."""
+        self._closed = True
         await self._iterator.aclose()
 
 
@@ -228,11 +276,11 @@ class _Loop:
     it closes the HTTP response itself (aiohttp's ``close`` is synchronous): at once, even
     while the caller still holds the stream."""
 
-    __slots__ = ("_exchange", "_next")
+    __slots__ = ("_call", "_next")
 
-    def __init__(self, iterator: AsyncGenerator[str, None], exchange: Exchange) -> None:
+    def __init__(self, iterator: AsyncGenerator[str, None], call: Call) -> None:
         self._next = iterator.__anext__
-        self._exchange = exchange
+        self._call = call
 
     def __aiter__(self) -> _Loop:
         return self
@@ -241,70 +289,109 @@ class _Loop:
         return self._next()
 
     def __del__(self) -> None:
-        close = self._exchange.close
+        close = self._call.close
         if close is not None:
+            self._call.left = True
             close()
 
 
-async def _run(client: AsyncClient, exchange: Exchange) -> AsyncGenerator[str, None]:
+async def _nothing() -> AsyncGenerator[str, None]:
+    return
+    yield  # an async generator that ends at once
+
+
+async def _run(client: AsyncClient, call: Call) -> AsyncGenerator[str, None]:
     """Read one answer: open it (retried), then hand out deltas as bytes arrive."""
-    response, parser, deltas, ended = await client._open(exchange)
-    exchange.close = response.close
-    settings = exchange.settings
+    error: BaseException | None = None
+    response: aiohttp.ClientResponse | None = None
     try:
+        response, deltas = await client._open(call)
+        call.close = response.close
         for text in deltas:
             yield text
-        if not ended:
-            readany = response.content.readany
-            while parser.pending is None:
-                try:
-                    data = await readany()
-                except (OSError, aiohttp.ClientError, asyncio.TimeoutError):
-                    if not parser.whole:
-                        raise
-                    response.close()
-                    data = b""
-                if not data:
-                    break
-                for text in parser.feed(data):
+        answer = call.answer
+        readany = response.content.readany
+        with translating(call, FAILURES):
+            while not answer.ended:
+                data = await readany()
+                for text in call.feed(data, not data):
                     yield text
-            else:  # an error came with deltas: they went out first, now the error
-                raise parser.pending
-            last = parser.close()
-            response.release()
-            for text in last:
-                yield text
-        if parser.pending is not None:
-            raise parser.pending
-        exchange.complete()
+        call.finish()
+        await _finish(response)
     except YlokhError as exc:
-        error = parser.fail(exc)
+        error = call.failed(exc)
         if error is exc:
             raise
         raise error from exc
-    except (OSError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        error = _map_error(exc, exchange.request, settings)
-        if parser.yielded:  # the cause of the IncompleteStreamError is the ylokh error
-            error.__cause__ = exc
-            raise parser.fail(error) from error
-        raise error from exc
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
-        response.close()
-        exchange.log_end()
+        if response is not None:
+            response.close()
+        call.close = None
+        call.end(error)
 
 
-def _connector(settings: Settings) -> aiohttp.BaseConnector:
-    proxy = settings.proxy or ""
-    if proxy.startswith("socks"):
+async def _finish(response: aiohttp.ClientResponse) -> None:
+    """The answer is whole: give the connection back once the body has ended too; a
+    server that keeps the body open gets its connection closed instead (as ``_sync``)."""
+    content = response.content
+    if not content.at_eof():
+        with contextlib.suppress(asyncio.TimeoutError, aiohttp.ClientError, OSError):
+            await asyncio.wait_for(content.read(1 << 16), DRAIN_SECONDS)
+    if content.at_eof():
+        response.release()
+
+
+DRAIN_SECONDS = 0.25
+
+
+def _close_with_loop(client: AsyncClient) -> None:
+    """Close ``client``'s sessions when the running loop shuts down (``asyncio.run``
+    closes the async generators still alive; this one closes the sessions), so a client
+    used from several ``asyncio.run`` calls never leaves a session open."""
+    ref = weakref.ref(client)
+    loop = asyncio.get_running_loop()
+    if client._keeper_loop is loop:
+        return  # this loop closes the client already
+    client._keeper_loop = loop
+
+    async def keeper() -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            alive = ref()
+            if alive is not None and alive._keeper_loop is loop:
+                alive._keeper_loop = None
+                if alive._loop is loop:
+                    await alive.aclose()
+
+    client._keeper = gen = keeper()  # the loop holds it weakly: the client holds it
+    with contextlib.suppress(StopIteration):
+        gen.asend(None).send(None)  # to its first yield: now the loop knows it
+
+
+def _connector(socks: str | None) -> aiohttp.BaseConnector:
+    if socks:
         try:
             from aiohttp_socks import ProxyConnector
         except ImportError:
-            raise InvalidRequestError(
-                "SOCKS proxies need the 'socks' extra: pip install 'ylokh[socks]'"
-            ) from None
-        connector: aiohttp.BaseConnector = ProxyConnector.from_url(proxy, limit=0)
+            raise InvalidRequestError(SOCKS_HINT) from None
+        _socks_failures()
+        connector: aiohttp.BaseConnector = ProxyConnector.from_url(socks, limit=0)
         return connector
     return aiohttp.TCPConnector(limit=0)
+
+
+def _socks_failures() -> None:
+    """python-socks names its failures with its own classes: they are proxy failures."""
+    import python_socks
+
+    for name in ("ProxyError", "ProxyConnectionError", "ProxyTimeoutError"):
+        cls = getattr(python_socks, name, None)
+        if cls is not None:
+            FAILURES.setdefault(cls, Failure.PROXY)
 
 
 def _split_proxy(proxy: str | None) -> tuple[str | None, dict[str, str] | None]:
@@ -319,36 +406,3 @@ def _split_proxy(proxy: str | None) -> tuple[str | None, dict[str, str] | None]:
         return proxy, None
     token = base64.b64encode(f"{url.user}:{url.password or ''}".encode()).decode("ascii")
     return str(url.with_user(None)), {"Proxy-Authorization": f"Basic {token}"}
-
-
-def _map_error(exc: BaseException, request: Request, settings: Settings) -> YlokhError:
-    """The ylokh error for an ``aiohttp``/asyncio/socket exception (secrets removed)."""
-    if isinstance(exc, YlokhError):
-        return exc
-    url = request.url
-    detail = redact(str(exc) or type(exc).__name__, request.secrets)
-    timeout = settings.timeout
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return APITimeoutError(
-            f"timed out connecting to {url} (connect timeout {timeout.connect} s)"
-        )
-    if isinstance(exc, aiohttp.SocketTimeoutError):
-        return APITimeoutError(
-            f"the server at {url} sent nothing for {timeout.read} s (read timeout)"
-        )
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return APITimeoutError(f"the call to {url} ran past its total timeout ({timeout.total} s)")
-    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
-        return APIConnectionError(f"TLS verification or handshake with {url} failed: {detail}")
-    if isinstance(exc, (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)):
-        proxy = redact_url(settings.proxy or "")
-        return APIConnectionError(f"the proxy {proxy} failed for {url}: {detail}")
-    if isinstance(exc, aiohttp.InvalidURL):
-        return InvalidRequestError(f"invalid URL or proxy: {detail}")
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return ProtocolError(f"too many redirects from {url}")
-    if isinstance(exc, aiohttp.ClientResponseError) and not isinstance(
-        exc, aiohttp.ClientConnectionError
-    ):
-        return ProtocolError(f"the server at {url} sent an invalid response: {detail}")
-    return APIConnectionError(f"connection to {url} failed: {detail}")

@@ -22,8 +22,12 @@ message passes through :func:`redact` with the secrets of the request that faile
 
 from __future__ import annotations
 
+import base64
+import enum
+import functools
 import json
 import re
+import urllib.parse
 from collections.abc import Iterable, Mapping
 
 __all__ = [
@@ -42,12 +46,18 @@ __all__ = [
     "YlokhError",
 ]
 
+SOCKS_HINT = "SOCKS proxies need the 'socks' extra: pip install 'ylokh[socks]'"
 QUOTE_LIMIT = 300  # characters of a server's answer quoted in a message
 _TAG = re.compile(r"<(script|style)\b.*?</\1>|<[^>]*>", re.S | re.I)
 
 
 class YlokhError(Exception):
-    """Base class of every error raised by ylokh."""
+    """Base class of every error raised by ylokh. Errors pickle with their class,
+    message and attributes (``status_code``, ``partial``...)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # the default calls cls(*args), which the keyword-only __init__s refuse
+        return _rebuild, (type(self), self.args, self.__dict__)
 
 
 class InvalidRequestError(YlokhError, ValueError):
@@ -138,26 +148,83 @@ class IncompleteStreamError(YlokhError):
         self.partial = partial
 
 
-_WITH_PARTIAL: dict[type[YlokhError], type[YlokhError]] = {}
+# An error met after text reached the caller is both what happened and an
+# IncompleteStreamError, so ``except`` either one catches it. Plain module-level classes
+# (not made at run time), so they pickle.
+class IncompleteConnectionError(APIConnectionError, IncompleteStreamError):
+    """:class:`APIConnectionError` after text was received (``.partial``)."""
+
+
+class IncompleteTimeoutError(APITimeoutError, IncompleteStreamError):
+    """:class:`APITimeoutError` after text was received (``.partial``)."""
+
+
+class IncompleteProtocolError(ProtocolError, IncompleteStreamError):
+    """:class:`ProtocolError` after text was received (``.partial``)."""
+
+
+class IncompleteStatusError(APIStatusError, IncompleteStreamError):
+    """:class:`APIStatusError` after text was received (``.partial``)."""
+
+
+class IncompleteBadRequestError(BadRequestError, IncompleteStreamError):
+    """:class:`BadRequestError` after text was received (``.partial``)."""
+
+
+class IncompleteAuthenticationError(AuthenticationError, IncompleteStreamError):
+    """:class:`AuthenticationError` after text was received (``.partial``)."""
+
+
+class IncompleteNotFoundError(NotFoundError, IncompleteStreamError):
+    """:class:`NotFoundError` after text was received (``.partial``)."""
+
+
+class IncompleteRateLimitError(RateLimitError, IncompleteStreamError):
+    """:class:`RateLimitError` after text was received (``.partial``)."""
+
+
+class IncompleteServerError(ServerError, IncompleteStreamError):
+    """:class:`ServerError` after text was received (``.partial``)."""
+
+
+_WITH_PARTIAL: dict[type[YlokhError], type[YlokhError]] = {
+    APIConnectionError: IncompleteConnectionError,
+    APITimeoutError: IncompleteTimeoutError,
+    ProtocolError: IncompleteProtocolError,
+    APIStatusError: IncompleteStatusError,
+    BadRequestError: IncompleteBadRequestError,
+    AuthenticationError: IncompleteAuthenticationError,
+    NotFoundError: IncompleteNotFoundError,
+    RateLimitError: IncompleteRateLimitError,
+    ServerError: IncompleteServerError,
+}
 
 
 def with_partial(error: YlokhError, partial: str) -> YlokhError:
     """``error``, met after ``partial`` text reached the caller, as an error that is both
-    what happened (``APITimeoutError``, ``ServerError``, ``ProtocolError``...) and an
-    :class:`IncompleteStreamError` holding the text: ``except`` either one catches it."""
+    what happened and an :class:`IncompleteStreamError` holding the text; ``error``
+    becomes its ``__cause__``. The one place where partial text is wrapped."""
     if isinstance(error, IncompleteStreamError):
         return error
-    base = type(error)
-    cls = _WITH_PARTIAL.get(base)
+    cls = next((_WITH_PARTIAL[c] for c in type(error).__mro__ if c in _WITH_PARTIAL), None)
     if cls is None:
-        name = "Incomplete" + base.__name__.removeprefix("API")
-        cls = type(name, (base, IncompleteStreamError), {"__module__": "ylokh"})
-        _WITH_PARTIAL[base] = cls
-    both = cls.__new__(cls)  # a copy of error's state; the class __init__s differ
-    both.__dict__.update(error.__dict__)
-    both.args = (f"the stream broke off after text was received: {error}",)
-    both.partial = partial  # type: ignore[attr-defined]
+        both: YlokhError = IncompleteStreamError(str(error), partial)
+    else:
+        both = cls.__new__(cls)  # a copy of error's state; the class __init__s differ
+        both.__dict__.update(error.__dict__)
+        both.args = (f"the stream broke off after text was received: {error}",)
+        both.partial = partial  # type: ignore[attr-defined]
+    both.__cause__ = error
     return both
+
+
+def _rebuild(
+    cls: type[YlokhError], args: tuple[object, ...], state: dict[str, object]
+) -> YlokhError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 _STATUS_CLASSES: dict[int, type[APIStatusError]] = {
@@ -198,11 +265,33 @@ def status_error_class(status: int) -> type[APIStatusError]:
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret (API key, proxy password) in ``text`` with ``***``."""
+    """Replace every secret (API key, proxy password) in ``text`` with ``***``, in every
+    form a server might echo it: verbatim, URL-encoded, base64 (also of ``Bearer key``)
+    and JSON-escaped."""
     for secret in secrets:
         if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
+            for form in _forms(secret):
+                text = text.replace(form, "***")
     return text
+
+
+@functools.lru_cache(maxsize=64)
+def _forms(secret: str) -> tuple[str, ...]:
+    raw = secret.encode()
+    forms = {
+        secret,
+        urllib.parse.quote(secret, safe=""),
+        urllib.parse.quote_plus(secret),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+    }
+    for data in (raw, b"Bearer " + raw, b"Basic " + raw):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            encoded = encode(data).decode()
+            forms.add(encoded)
+            forms.add(encoded.rstrip("="))
+    # longest first, so a form is not cut by a shorter one inside it
+    return tuple(sorted((f for f in forms if len(f) >= 3), key=len, reverse=True))
 
 
 def quote(data: bytes | str, limit: int = QUOTE_LIMIT) -> str:
@@ -260,10 +349,21 @@ def status_error(
     secrets: Iterable[str] = (),
     retry_after: float | None = None,
     in_stream: bool = False,
+    url: str | None = None,
+    key_sent: bool = True,
 ) -> APIStatusError:
-    """Build the right :class:`APIStatusError` subclass for an HTTP error answer."""
+    """Build the right :class:`APIStatusError` subclass for an HTTP error answer; with
+    ``url``, the message names it and hints at the usual mistakes (a base URL without
+    ``/v1``, no API key)."""
     secrets = tuple(secrets)
     message = redact(error_message(body), secrets)
+    if url is not None and not in_stream:
+        message += f" (POST {url}"
+        if status == 404 and "/v1/" not in url:
+            message += "; does the base URL need to end in /v1?"
+        elif status in (401, 403) and not key_sent:
+            message += "; no API key was sent: set api_key= or YLOKH_API_KEY"
+        message += ")"
     raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     cls = status_error_class(status)
     return cls(
@@ -273,3 +373,67 @@ def status_error(
         retry_after=retry_after,
         in_stream=in_stream,
     )
+
+
+class Failure(enum.Enum):
+    """What went wrong below HTTP, as each face's translation table names it."""
+
+    CONNECT_TIMEOUT = "connect timeout"
+    READ_TIMEOUT = "read timeout"
+    TOTAL_TIMEOUT = "total timeout"
+    FIRST_TOKEN_TIMEOUT = "first-token timeout"
+    CONNECT = "connect"
+    RESET = "reset"
+    TLS = "tls"
+    PROXY = "proxy"
+    DECODE = "decode"
+    PROTOCOL = "protocol"
+    REDIRECTS = "redirects"
+    INVALID = "invalid"
+
+
+_FAILURES: dict[Failure, tuple[type[YlokhError], str]] = {
+    Failure.CONNECT_TIMEOUT: (
+        APITimeoutError,
+        "timed out connecting to {url} (connect timeout {connect} s)",
+    ),
+    Failure.READ_TIMEOUT: (
+        APITimeoutError,
+        "the server at {url} sent nothing for {read} s (read timeout)",
+    ),
+    Failure.TOTAL_TIMEOUT: (
+        APITimeoutError,
+        "the call to {url} ran past its total timeout ({total} s)",
+    ),
+    Failure.FIRST_TOKEN_TIMEOUT: (
+        APITimeoutError,
+        "the server at {url} sent no text within the first-token timeout ({first_token} s)",
+    ),
+    Failure.CONNECT: (APIConnectionError, "could not connect to {url}: {detail}"),
+    Failure.RESET: (
+        APIConnectionError,
+        "the connection to {url} broke off (closed or reset by the server): {detail}",
+    ),
+    Failure.TLS: (APIConnectionError, "TLS verification or handshake with {url} failed: {detail}"),
+    Failure.PROXY: (APIConnectionError, "the proxy {proxy} failed for {url}: {detail}"),
+    Failure.DECODE: (
+        ProtocolError,
+        "the server at {url} sent a body that cannot be decoded: {detail}",
+    ),
+    Failure.PROTOCOL: (ProtocolError, "the server at {url} sent an invalid HTTP answer: {detail}"),
+    Failure.REDIRECTS: (ProtocolError, "too many redirects from {url}"),
+    Failure.INVALID: (InvalidRequestError, "invalid URL or proxy for {url}: {detail}"),
+}
+
+
+def failure_error(kind: Failure, secrets: Iterable[str] = (), **fields: object) -> YlokhError:
+    """The ylokh error for a failure below HTTP: its class and plain-words message come
+    from one table; ``fields`` fill the message (``url``, ``detail``, the timeouts,
+    ``proxy``) and secrets are redacted from it."""
+    cls, template = _FAILURES[kind]
+    return cls(redact(template.format_map(_Fields(fields)), secrets))
+
+
+class _Fields(dict[str, object]):
+    def __missing__(self, key: str) -> str:
+        return "?"

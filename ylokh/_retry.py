@@ -1,32 +1,30 @@
-"""The one retry policy, shared by both faces: pure decisions plus tenacity builders.
+"""The one retry policy, built from tenacity's pieces and driven by both faces alike.
 
 Strategy: an attempt covers sending the request, accepting the response head and
-reading the first bytes of the body (or the whole body when it is only useful whole).
-Whatever fails inside an attempt is a ylokh error already; this module decides from the
-error alone whether another attempt is safe and how long to wait. Once an attempt has
-returned, text may reach the caller, and nothing is retried after that.
+reading the body until its first text delta (or its end, for bodies only useful whole).
+Nothing has reached the caller inside an attempt, so retrying one is safe; once it has
+returned, text may reach the caller, and nothing is retried after that. The decision
+(retry? how long to wait? stop?) is tenacity's ``retry | wait | stop`` pieces applied to
+one :class:`tenacity.RetryCallState` per call, as ``BaseRetrying.iter`` applies them;
+each face's driver is the same three-line loop around its attempt, as tenacity's own
+``Retrying.__call__`` and ``AsyncRetrying.__call__`` are. This module is imported with
+the faces (never by ``import ylokh``), so tenacity is loaded before any failure.
 """
 
 from __future__ import annotations
 
-import logging
 import random
-import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
 
-if TYPE_CHECKING:
-    import tenacity
-    from tenacity import RetryCallState
+import tenacity
+from tenacity import RetryCallState
 
-from ._errors import APIConnectionError, APIStatusError, IncompleteStreamError, YlokhError
-
-logger = logging.getLogger("ylokh")
-T = TypeVar("T")
+from ._errors import APIConnectionError, APIStatusError, IncompleteStreamError
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 FIRST_WAIT = 0.5
 MAX_WAIT = 8.0
+JITTER = 0.1  # share of a server-asked wait added at random, so clients do not retry in step
 
 
 def is_retryable(error: BaseException) -> bool:
@@ -40,133 +38,58 @@ def is_retryable(error: BaseException) -> bool:
     return isinstance(error, APIConnectionError)
 
 
-def backoff(attempt: int, error: BaseException | None, rand: Callable[[], float]) -> float:
-    """Seconds to wait before attempt ``attempt + 1``: the server's ``Retry-After`` when
-    it sent one (already capped), else exponential back-off with full jitter."""
-    if isinstance(error, APIStatusError) and error.retry_after is not None:
-        return error.retry_after
-    return rand() * min(MAX_WAIT, FIRST_WAIT * 2.0 ** (attempt - 1))
+class wait_server_or_backoff(tenacity.wait.wait_base):
+    """The server's ``Retry-After`` plus a little jitter when it sent one, else
+    exponential back-off with full jitter (capped)."""
 
-
-class _Policy:
-    """The stop, wait and retry decisions, as the plain callables tenacity accepts (so
-    tenacity itself is imported only when a first attempt has failed)."""
-
-    def __init__(self, attempts: int, deadline: float | None, rand: Callable[[], float]):
-        self.attempts = attempts
-        self.deadline = deadline
+    def __init__(self, rand: Callable[[], float] = random.random) -> None:
         self.rand = rand
 
-    def stop(self, retry_state: RetryCallState) -> bool:
-        """Stop after ``attempts``, or when the next wait would pass the total deadline."""
-        if retry_state.attempt_number >= self.attempts:
-            return True
-        upcoming = retry_state.upcoming_sleep or 0.0
-        return self.deadline is not None and time.monotonic() + upcoming >= self.deadline
-
-    def wait(self, retry_state: RetryCallState) -> float:
-        """The back-off before the next attempt."""
-        return backoff(retry_state.attempt_number, _error(retry_state), self.rand)
-
-    @staticmethod
-    def retry(retry_state: RetryCallState) -> bool:
-        """Whether the failure of the last attempt may be retried."""
-        error = _error(retry_state)
-        return error is not None and is_retryable(error)
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        if isinstance(error, APIStatusError) and error.retry_after is not None:
+            return error.retry_after * (1 + JITTER * self.rand())
+        return self.rand() * min(MAX_WAIT, FIRST_WAIT * 2.0 ** (retry_state.attempt_number - 1))
 
 
-def _error(retry_state: RetryCallState) -> BaseException | None:
-    outcome = retry_state.outcome
-    return outcome.exception() if outcome is not None and outcome.failed else None
+class Policy:
+    """``stop_after_attempt(max_retries + 1) | stop_before_delay(total)``, the wait above
+    and ``retry_if_exception(is_retryable)``: made once per settings."""
+
+    __slots__ = ("attempts", "retry", "stop", "wait")
+
+    def __init__(
+        self,
+        max_retries: int,
+        total: float | None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.attempts = max_retries + 1
+        stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(self.attempts)
+        if total is not None:
+            stop = stop | tenacity.stop_before_delay(total)
+        self.stop = stop
+        self.wait = wait_server_or_backoff(rand)
+        self.retry = tenacity.retry_if_exception(is_retryable)
+
+    def next_wait(self, state: RetryCallState, error: BaseException) -> float | None:
+        """Record ``error`` as the outcome of the current attempt; return the seconds
+        to wait before the next one, or ``None`` to give up."""
+        state.set_exception((type(error), error, error.__traceback__))
+        if not self.retry(state):
+            return None
+        state.upcoming_sleep = self.wait(state)
+        if self.stop(state):
+            return None
+        state.idle_for += state.upcoming_sleep
+        state.prepare_for_next_attempt()
+        return state.upcoming_sleep
 
 
-def replay(error: BaseException, attempt: Callable[..., T]) -> Callable[..., T]:
-    """``attempt``, except that its first call raises ``error``.
-
-    The faces make the first attempt outside tenacity (building a policy costs more than
-    a warm request's whole client overhead) and hand a failure to the policy this way, so
-    the policy decides, waits and counts attempts as if it had made the first one.
-    """
-    pending = [error]
-
-    def call(*args: Any, **kwargs: Any) -> T:
-        if pending:
-            raise pending.pop()
-        return attempt(*args, **kwargs)
-
-    return call
+def new_state() -> RetryCallState:
+    """The retry state of one call (its clock starts now)."""
+    return RetryCallState(None, None, (), {})  # type: ignore[arg-type]  # no Retrying object
 
 
-def areplay(
-    error: BaseException, attempt: Callable[..., Awaitable[T]]
-) -> Callable[..., Awaitable[T]]:
-    """:func:`replay` for a coroutine function (tenacity awaits only those)."""
-    pending = [error]
-
-    async def call(*args: Any, **kwargs: Any) -> T:
-        if pending:
-            raise pending.pop()
-        return await attempt(*args, **kwargs)
-
-    return call
-
-
-def _log_retry(url: str, max_attempts: int) -> Callable[[RetryCallState], None]:
-    def log(retry_state: RetryCallState) -> None:
-        error = _error(retry_state)
-        logger.warning(
-            "retrying POST %s in %.2f s (attempt %d of %d) after: %s",
-            url,
-            retry_state.upcoming_sleep,
-            retry_state.attempt_number + 1,
-            max_attempts,
-            error,
-        )
-
-    return log
-
-
-def _policy(
-    url: str, max_retries: int, deadline: float | None, rand: Callable[[], float]
-) -> dict[str, Any]:
-    policy = _Policy(max_retries + 1, deadline, rand)
-    return {
-        "stop": policy.stop,
-        "wait": policy.wait,
-        "retry": policy.retry,
-        "before_sleep": _log_retry(url, policy.attempts),
-        "reraise": True,
-    }
-
-
-def retrying(
-    url: str,
-    max_retries: int,
-    deadline: float | None,
-    *,
-    sleep: Callable[[float], None] | None = None,
-    rand: Callable[[], float] = random.random,
-) -> tenacity.Retrying:
-    """The policy for blocking code; ``sleep`` may be injected (tests record waits)."""
-    import tenacity
-
-    return tenacity.Retrying(sleep=sleep or time.sleep, **_policy(url, max_retries, deadline, rand))
-
-
-def async_retrying(
-    url: str,
-    max_retries: int,
-    deadline: float | None,
-    *,
-    sleep: Callable[[float], Awaitable[None]] | None = None,
-    rand: Callable[[], float] = random.random,
-) -> tenacity.AsyncRetrying:
-    """The same policy for asyncio code."""
-    import tenacity
-
-    if sleep is None:
-        return tenacity.AsyncRetrying(**_policy(url, max_retries, deadline, rand))
-    return tenacity.AsyncRetrying(sleep=sleep, **_policy(url, max_retries, deadline, rand))
-
-
-__all__ = ["RETRY_STATUSES", "YlokhError", "async_retrying", "backoff", "is_retryable", "retrying"]
+__all__ = ["RETRY_STATUSES", "Policy", "is_retryable", "new_state", "wait_server_or_backoff"]

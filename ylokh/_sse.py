@@ -3,7 +3,8 @@
 Strategy: lines are split on bytes, never on decoded text, so a UTF-8 character cut
 between two reads is never broken; data stays bytes (JSON parsers take bytes). Line
 ends may be LF, CR or CRLF, even with the CR and LF in different reads. The unfinished
-line is bounded by ``max_line_size``: a peer can never make us hold unbounded memory.
+line, and the event being built, are bounded by ``max_line_size``: a peer can never make
+us hold unbounded memory.
 The common case, ``data: ...`` lines in LF-only streams, takes the fewest steps.
 """
 
@@ -44,6 +45,7 @@ class SSEDecoder:
         "_event",
         "_id",
         "_retry",
+        "_size",
         "_split",
         "_started",
         "max_line_size",
@@ -54,6 +56,7 @@ class SSEDecoder:
         self._buf = b""  # the unfinished last line
         self._cr = False  # the last read ended with CR: a LF opening the next one is not a line
         self._data: list[bytes] = []
+        self._size = 0  # bytes in _data: an event of many short lines is bounded too
         self._event = ""
         self._id = ""
         self._retry: int | None = None
@@ -119,6 +122,7 @@ class SSEDecoder:
         self._split = True
         events = [Event(line, self._event, self._id, self._retry) for line in self._data]
         self._data.clear()
+        self._size = 0
         self._event = ""
         return events
 
@@ -143,11 +147,15 @@ class SSEDecoder:
         for line in lines:
             if line[:6] == b"data: ":
                 data.append(line[6:])
+                self._size += len(line)
+                if self._size > self.max_line_size:
+                    self._too_large()
             elif not line:  # a blank line dispatches the event
                 if data:
                     payload = data[0] if len(data) == 1 else b"\n".join(data)
                     events.append(Event(payload, self._event, self._id, self._retry))
                     data = self._data = []
+                self._size = 0
                 self._event = ""
             elif line[0] == 0x3A:  # ":" starts a comment (keep-alive pings)
                 continue
@@ -155,8 +163,15 @@ class SSEDecoder:
                 self._field(line, data)
             if split and data:
                 events.append(Event(data.pop(), self._event, self._id, self._retry))
+                self._size = 0
                 self._event = ""
         return events
+
+    def _too_large(self) -> None:
+        raise ProtocolError(
+            f"the server sent an event larger than {self.max_line_size} bytes "
+            f"(in {len(self._data)} data lines), starting {quote(self._data[0][:80])}"
+        )
 
     def _field(self, line: bytes, data: list[bytes]) -> None:
         name, _, value = line.partition(b":")
@@ -164,6 +179,9 @@ class SSEDecoder:
             value = value[1:]
         if name == b"data":
             data.append(value)
+            self._size += len(line)
+            if self._size > self.max_line_size:
+                self._too_large()
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
         elif name == b"id" and b"\0" not in value:

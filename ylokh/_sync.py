@@ -1,40 +1,75 @@
 """The blocking face: :class:`Client` and its :class:`Stream`, on ``requests``.
 
-Strategy: this module only moves bytes. An attempt (retried by the shared policy)
-sends the request, gives the head to the core's parser and reads the first bytes of the
-body; then the stream reads whatever the socket has (``read1``: each delta reaches the
-caller as soon as its bytes arrive, whatever the body framing) and feeds it to the
-parser. ``requests``/``urllib3`` exceptions become ylokh errors here, once.
+Strategy: this module only moves bytes. An attempt (retried by the shared policy) sends
+the request, hands the head to the call and reads until the first text delta; the
+stream then reads whatever the socket has and feeds it to the call. ``requests``,
+``urllib3`` and socket exceptions are named once, in :data:`FAILURES`.
 """
 
 from __future__ import annotations
 
-import functools
 import http.client
-import socket
+import ssl
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import requests
-import urllib3.exceptions
+import urllib3
+import urllib3.exceptions as u3
 
-from ._base import BaseClient, BaseStream, Completion, Exchange, deadline_of
-from ._config import Settings, redact_url
-from ._errors import (
-    APIConnectionError,
-    APITimeoutError,
-    InvalidRequestError,
-    ProtocolError,
-    YlokhError,
-    redact,
+from . import _compat, _retry  # noqa: F401  (_retry: tenacity is loaded before any failure)
+from ._base import (
+    FIRST_READ_SIZE,
+    READ_SIZE,
+    BaseClient,
+    BaseStream,
+    Call,
+    Completion,
+    Inside,
+    Table,
+    translating,
 )
-from ._protocol import FIRST_READ_SIZE, Request, ResponseParser
-from ._retry import is_retryable, replay, retrying
+from ._chunked import ChunkedDecoder
+from ._errors import SOCKS_HINT, Failure, InvalidRequestError, YlokhError
 
-READ_SIZE = 1 << 16
-_Opened = tuple[requests.Response, ResponseParser, list[str], bool]
+#: requests/urllib3/socket exceptions -> what failed (``Inside``: a wrapper, look inside).
+FAILURES: Table = {
+    requests.ConnectTimeout: Failure.CONNECT_TIMEOUT,
+    u3.ConnectTimeoutError: Failure.CONNECT_TIMEOUT,
+    requests.ReadTimeout: Failure.READ_TIMEOUT,
+    u3.ReadTimeoutError: Failure.READ_TIMEOUT,
+    TimeoutError: Failure.READ_TIMEOUT,
+    requests.exceptions.SSLError: Failure.TLS,
+    u3.SSLError: Failure.TLS,
+    ssl.SSLError: Failure.TLS,
+    ssl.CertificateError: Failure.TLS,
+    requests.exceptions.ProxyError: Failure.PROXY,
+    u3.ProxyError: Failure.PROXY,
+    requests.exceptions.InvalidURL: Failure.INVALID,
+    requests.exceptions.InvalidSchema: Failure.INVALID,
+    requests.exceptions.InvalidHeader: Failure.INVALID,
+    u3.LocationParseError: Failure.INVALID,
+    requests.exceptions.ContentDecodingError: Failure.DECODE,
+    u3.DecodeError: Failure.DECODE,
+    http.client.RemoteDisconnected: Failure.RESET,
+    http.client.IncompleteRead: Failure.RESET,
+    u3.IncompleteRead: Failure.RESET,
+    u3.InvalidChunkLength: Failure.RESET,
+    ConnectionResetError: Failure.RESET,
+    ConnectionAbortedError: Failure.RESET,
+    BrokenPipeError: Failure.RESET,
+    http.client.HTTPException: Failure.PROTOCOL,
+    u3.NewConnectionError: Failure.CONNECT,
+    ConnectionRefusedError: Failure.CONNECT,
+    OSError: Failure.CONNECT,
+    requests.ConnectionError: Inside(Failure.CONNECT),
+    requests.exceptions.ChunkedEncodingError: Inside(Failure.RESET),
+    u3.MaxRetryError: Inside(Failure.CONNECT),
+    u3.ProtocolError: Inside(Failure.RESET),
+}
+_Opened = tuple[requests.Response, Callable[[], bytes], list[str]]
 
 
 class Client(BaseClient):
@@ -45,16 +80,15 @@ class Client(BaseClient):
                 print(text, end="", flush=True)
 
     Arguments (each falls back to its ``YLOKH_*`` variable, then to the default):
-    ``base_url``, ``api_key``, ``timeout`` (seconds of read timeout or a
-    :class:`ylokh.Timeout`), ``max_retries``, ``proxy``, ``headers``, ``verify`` (``False``
-    or the path of a CA bundle), ``model``.
+    ``base_url`` (one URL, or several: a list or a str separated by commas), ``api_key``,
+    ``timeout`` (seconds of read timeout or a :class:`ylokh.Timeout`), ``max_retries``,
+    ``proxy``, ``headers``, ``verify`` (``False`` or the path of a CA bundle), ``model``.
 
     Raises:
         InvalidRequestError: a setting is invalid.
     """
 
-    def __init__(self, **settings: Any) -> None:
-        super().__init__(**settings)
+    def _setup(self) -> None:
         self._session: requests.Session | None = None
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._sleep: Callable[[float], None] = time.sleep
@@ -88,13 +122,14 @@ class Client(BaseClient):
 
         ``prompt_or_messages`` is a str (one user message) or a list of
         ``{"role", "content"}`` dicts. Setting names (``base_url``, ``timeout``...) apply
-        to this call; every other keyword goes into the JSON payload (``None`` is left out).
+        to this call; every other keyword goes into the JSON payload (``None`` is left
+        out). ``stream=False`` asks for the whole answer, yielded once.
 
         Raises:
             InvalidRequestError: bad input, before any network traffic.
         """
-        settings, request = self._prepare(prompt_or_messages, model, True, options)
-        return Stream(self, settings, request)
+        stream = options.pop("stream", True)
+        return Stream(self, self._call(prompt_or_messages, model, stream is not False, options))
 
     def complete(
         self, prompt_or_messages: object, *, model: str | None = None, **options: Any
@@ -105,70 +140,80 @@ class Client(BaseClient):
             InvalidRequestError: bad input, before any network traffic.
             APIError: as :meth:`stream`; the whole call is retried when that is safe.
         """
-        settings, request = self._prepare(prompt_or_messages, model, False, options)
-        exchange = Exchange(settings, request)
-        for _ in _run(self, exchange):
+        call = self._call(prompt_or_messages, model, False, _no_stream(options))
+        for _ in _run(self, call):
             pass
-        return Completion.of(exchange)
+        return Completion.of(call)
 
-    # -- the I/O path ----------------------------------------------------------------------
-    def _attempt(self, request: Request, settings: Settings, deadline: float | None) -> _Opened:
-        timeout = settings.timeout
-        read = _remaining(timeout.read, deadline)
+    # -- the I/O path: open (retried), then read --------------------------------------------
+    def _open(self, call: Call) -> _Opened:
+        call.begin()
+        while True:
+            try:
+                return self._attempt(call)
+            except YlokhError as exc:
+                self._sleep(call.retry_wait(exc))
+
+    def _attempt(self, call: Call) -> _Opened:
+        call.attempt()
+        settings = call.settings
         proxy = settings.proxy
+        if proxy and proxy.startswith("socks"):
+            _need_socks()
         if settings.verify is False:
             # the caller turned verification off on purpose: urllib3 need not warn per request
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+            urllib3.disable_warnings(u3.InsecureRequestWarning)
+        with translating(call, FAILURES):
+            while True:
+                response = self.session.post(
+                    call.url,
+                    data=call.request.body,
+                    headers=call.headers,
+                    stream=True,
+                    timeout=call.timeouts(),
+                    proxies={"http": proxy, "https": proxy} if proxy else None,
+                    verify=settings.verify,
+                    allow_redirects=False,
+                )
+                try:
+                    accepted = call.accept(response.status_code, response.headers)
+                except BaseException:
+                    response.close()
+                    raise
+                if accepted:
+                    break
+                response.close()  # a redirect: follow it
         try:
-            response = self.session.post(
-                request.url,
-                data=request.body,
-                headers=request.headers,
-                stream=True,
-                timeout=(_remaining(timeout.connect, deadline), read),
-                proxies={"http": proxy, "https": proxy} if proxy else None,
-                verify=settings.verify,
-            )
-        except Exception as exc:
-            raise _map_error(exc, request, settings, deadline) from exc
-        parser = ResponseParser(request.secrets)
-        try:
-            parser.start(response.status_code, response.headers)
-            raw = response.raw
-            if parser.buffered:
-                parser.feed(_read_body(raw, parser.body_limit + 1, deadline, timeout.read))
-                deltas = parser.close()
-                _release(response)
-                return response, parser, deltas, True
-            first = raw.read1(FIRST_READ_SIZE, decode_content=True)
-            if not first:
-                deltas = parser.close()
-                _release(response)
-                return response, parser, deltas, True
-            return response, parser, parser.feed(first), False
-        except YlokhError:
+            with translating(call, FAILURES):
+                raw = response.raw
+                _bound(raw, call)
+                deltas = _feed(call, raw.read1(FIRST_READ_SIZE, decode_content=True))
+                read = _reader(raw)
+                while not deltas and not call.answer.ended:
+                    _bound(raw, call)
+                    deltas = _feed(call, read())
+        except BaseException:
             response.close()
             raise
-        except Exception as exc:
-            response.close()
-            raise _map_error(exc, request, settings, deadline) from exc
+        call.opened()
+        return response, read, deltas
 
-    def _open(self, exchange: Exchange) -> _Opened:
-        settings = exchange.settings
-        deadline = deadline_of(settings)
-        exchange.started = time.monotonic()
-        try:
-            opened = self._attempt(exchange.request, settings, deadline)
-        except YlokhError as exc:
-            if not settings.max_retries or not is_retryable(exc):
-                raise
-            policy = retrying(
-                exchange.request.url, settings.max_retries, deadline, sleep=self._sleep
-            )
-            opened = policy(replay(exc, self._attempt), exchange.request, settings, deadline)
-        exchange.parser = opened[1]
-        exchange.first_byte = time.monotonic()
-        return opened
+
+def _need_socks() -> None:
+    try:
+        import socks  # type: ignore[import-untyped,unused-ignore]  # noqa: F401  (pysocks)
+    except ImportError:
+        raise InvalidRequestError(SOCKS_HINT) from None
+
+
+def _no_stream(options: dict[str, Any]) -> dict[str, Any]:
+    if options.pop("stream", False) is not False:
+        raise InvalidRequestError("complete() always sends stream: false; use stream() to stream")
+    return options
+
+
+def _feed(call: Call, data: bytes) -> list[str]:
+    return call.feed(data, not data)
 
 
 class Stream(BaseStream):
@@ -179,9 +224,9 @@ class Stream(BaseStream):
     ``text``, ``finish_reason``, ``usage``, ``tool_calls`` and ``reasoning`` hold the results.
     """
 
-    def __init__(self, client: Client, settings: Settings, request: Request) -> None:
-        super().__init__(settings, request)
-        self._iterator = _run(client, self._exchange)
+    def __init__(self, client: Client, call: Call) -> None:
+        super().__init__(call)
+        self._iterator = _run(client, call)
 
     def __iter__(self) -> Iterator[str]:
         return _loop(self._iterator)
@@ -197,6 +242,7 @@ class Stream(BaseStream):
 
     def close(self) -> None:
         """Stop reading and close the HTTP response (idempotent)."""
+        self._closed = True
         self._iterator.close()
 
 
@@ -207,255 +253,105 @@ def _loop(iterator: Generator[str, None, None]) -> Generator[str, None, None]:
     yield from iterator
 
 
-def _run(client: Client, exchange: Exchange) -> Generator[str, None, None]:
+def _run(client: Client, call: Call) -> Generator[str, None, None]:
     """Read one answer: open it (retried), then hand out deltas as bytes arrive."""
-    response, parser, deltas, ended = client._open(exchange)
-    settings = exchange.settings
+    error: BaseException | None = None
+    response: requests.Response | None = None
     try:
+        response, read, deltas = client._open(call)
         yield from deltas
-        if not ended:
-            raw = response.raw
-            read = _reader(raw)
-            total = settings.timeout.total
-            deadline = None if total is None else exchange.started + total
-            while parser.pending is None:
-                if deadline is not None:
-                    _bound_read(raw, deadline, settings.timeout.read)
-                try:
-                    data = read()
-                except (OSError, urllib3.exceptions.HTTPError, requests.RequestException):
-                    if not parser.whole:
-                        raise
-                    response.close()
-                    data = b""
-                if not data:
-                    break
-                yield from parser.feed(data)
-            else:  # an error came with deltas: they went out first, now the error
-                raise parser.pending
-            last = parser.close()
-            _release(response)
-            yield from last
-        if parser.pending is not None:
-            raise parser.pending
-        exchange.complete()
+        answer = call.answer
+        raw = response.raw
+        with translating(call, FAILURES):
+            while not answer.ended:
+                if call.deadline is not None:
+                    _bound(raw, call)
+                data = read()
+                yield from call.feed(data, not data)
+        call.finish()
+        _finish(response, read)
     except YlokhError as exc:
-        error = parser.fail(exc)
+        error = call.failed(exc)
         if error is exc:
             raise
         raise error from exc
-    except (OSError, urllib3.exceptions.HTTPError, requests.RequestException) as exc:
-        total = settings.timeout.total
-        deadline = None if total is None else exchange.started + total
-        error = _map_error(exc, exchange.request, settings, deadline)
-        if parser.yielded:  # the cause of the IncompleteStreamError is the ylokh error
-            error.__cause__ = exc
-            raise parser.fail(error) from error
-        raise error from exc
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
-        response.close()
-        exchange.log_end()
+        if response is not None:
+            response.close()
+        call.end(error)
 
 
-def _reader(raw: urllib3.BaseHTTPResponse) -> Callable[[], bytes]:
+def _finish(response: requests.Response, read: Callable[[], bytes]) -> None:
+    """The answer is whole: give the connection back once the body has ended too (the
+    chunked terminator usually comes with ``[DONE]``, else a moment later); a server that
+    keeps the body open gets its connection closed instead, and never holds the caller."""
+    raw = response.raw
+    if not raw.isclosed():
+        sock = _compat.socket_of(raw)
+        if sock is not None:
+            sock.settimeout(DRAIN_SECONDS)
+        try:
+            for _ in range(4):
+                if not read():
+                    break
+        except (OSError, http.client.HTTPException, u3.HTTPError):
+            return  # the body is of no more use; the connection is closed
+    if raw.isclosed():
+        raw.release_conn()
+
+
+DRAIN_SECONDS = 0.25
+
+
+def _reader(raw: Any) -> Callable[[], bytes]:
     """The read function of the stream loop: whatever the socket has, as soon as it has it.
 
     A chunked body that needs no decoding (the usual event stream) is read by a
     :class:`_Dechunker`, many HTTP chunks per read; urllib3's ``read1`` hands over one HTTP
     chunk (one event, for most servers) per call, at some thirty Python calls each.
     """
-    fp = getattr(raw, "_fp", None)
-    if (
-        isinstance(fp, http.client.HTTPResponse)
-        and fp.chunked
-        and fp.fp is not None
-        and getattr(raw, "_decoder", True) is None
-        and not len(getattr(raw, "_decoded_buffer", b"?"))
-        and not raw.headers.get("content-encoding")
-    ):
-        return _Dechunker(raw, fp).read
-    return functools.partial(raw.read1, READ_SIZE, decode_content=True)
+    fp = _compat.chunked_file(raw)
+    if fp is not None:
+        return _Dechunker(fp).read
+
+    def read1() -> bytes:
+        return raw.read1(READ_SIZE, decode_content=True)  # type: ignore[no-any-return]
+
+    return read1
 
 
 class _Dechunker:
-    """Reads a chunked body from the socket's buffered file and removes the framing in
-    bulk: one ``read1`` of up to :data:`READ_SIZE` bytes gives back the data of every HTTP
-    chunk in it. It takes over wherever ``http.client`` left off (mid-chunk included) and
-    runs under urllib3's own error catcher, so failures, timeouts and the release of the
-    connection at the end are exactly urllib3's.
-    """
+    """Reads a chunked body from the socket's buffered file, many HTTP chunks per read:
+    the core's :class:`~ylokh._chunked.ChunkedDecoder` removes the framing. It takes over
+    wherever ``http.client`` left off (mid-chunk included)."""
 
-    __slots__ = ("_done", "_file", "_left", "_raw", "_response", "_rest", "_trailer")
+    __slots__ = ("_decoder", "_file", "_response")
 
-    def __init__(self, raw: urllib3.BaseHTTPResponse, response: http.client.HTTPResponse):
-        self._raw = raw
+    def __init__(self, response: http.client.HTTPResponse):
         self._response = response
         self._file = response.fp
-        left = response.chunk_left
-        self._left = 0 if left is None else left + 2  # data still due, and its CRLF
-        self._rest = b""  # an unfinished chunk-size or trailer line
-        self._trailer = False
-        self._done = False
+        self._decoder = ChunkedDecoder(response.chunk_left)
 
     def read(self) -> bytes:
         """The body bytes that arrived (waiting for some); ``b""`` at the end."""
-        if self._done:
-            return b""
-        with self._raw._error_catcher():  # type: ignore[attr-defined]
-            while True:
-                data = self._file.read1(READ_SIZE)
-                if not data:
-                    if not self._trailer:
-                        raise http.client.IncompleteRead(b"")
-                    self._finish()  # as http.client, an end inside the trailer is an end
-                    return b""
-                out = self._decode(data)
-                if out or self._done:
-                    return out
-
-    def _decode(self, data: bytes) -> bytes:
-        if self._rest:
-            data = self._rest + data
-            self._rest = b""
-        out: list[bytes] = []
-        pos = 0
-        end = len(data)
-        left = self._left
-        while pos < end:
-            if left:  # inside a chunk: its data, then its CRLF
-                take = min(left, end - pos)
-                if left > 2:
-                    out.append(data[pos : pos + min(take, left - 2)])
-                left -= take
-                pos += take
-                continue
-            newline = data.find(b"\n", pos)
-            if newline < 0:
-                self._rest = data[pos:]
-                if len(self._rest) > 65536:
-                    raise http.client.LineTooLong("chunk size")
-                break
-            line = data[pos : newline + 1]
-            pos = newline + 1
-            if self._trailer:
-                if line in (b"\r\n", b"\n"):
-                    self._finish()
-                    break
-                continue
-            try:
-                size = int(line.split(b";", 1)[0], 16)
-            except ValueError:
-                raise http.client.IncompleteRead(b"") from None
-            if size < 0:
-                raise http.client.IncompleteRead(b"")
-            if size == 0:
-                self._trailer = True
+        decoder = self._decoder
+        while not decoder.done:
+            data = self._file.read1(READ_SIZE)
+            if not data:
+                decoder.end()  # raises unless the body was in its trailer
             else:
-                left = size + 2
-        self._left = left
-        return out[0] if len(out) == 1 else b"".join(out)
-
-    def _finish(self) -> None:
-        self._done = True
-        self._response._close_conn()  # type: ignore[attr-defined]  # as http.client does
+                out = decoder.feed(data)
+                if out:
+                    return out
+        self._response.close()  # the body is read: http.client lets the connection go
+        return b""
 
 
-def _remaining(limit: float | None, deadline: float | None) -> float | None:
-    if deadline is None:
-        return limit
-    left = max(deadline - time.monotonic(), 0.001)
-    return left if limit is None else min(limit, left)
-
-
-def _read_body(
-    raw: urllib3.BaseHTTPResponse, limit: int, deadline: float | None, read: float | None
-) -> bytes:
-    """A whole (bounded) body, each read within the total deadline."""
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        if deadline is not None:
-            _bound_read(raw, deadline, read)
-        data = raw.read1(min(READ_SIZE, limit - size), decode_content=True)
-        if not data:
-            break
-        parts.append(data)
-        size += len(data)
-    return b"".join(parts)
-
-
-def _bound_read(raw: urllib3.BaseHTTPResponse, deadline: float, read: float | None) -> None:
-    """Shorten the socket timeout so the next read cannot run past the total deadline."""
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise APITimeoutError("the call ran past its total timeout while reading the stream")
-    if read is None or left < read:
-        sock = getattr(raw.connection, "sock", None)
-        if isinstance(sock, socket.socket):
-            sock.settimeout(left)
-
-
-def _release(response: requests.Response) -> None:
-    """Give a fully read connection back to the pool."""
-    response.raw.release_conn()
-
-
-def _map_error(
-    exc: BaseException, request: Request, settings: Settings, deadline: float | None = None
-) -> YlokhError:
-    """The ylokh error for a ``requests``/``urllib3``/socket exception (secrets removed).
-    ``deadline`` tells a socket timeout shortened to meet ``Timeout.total`` from its own."""
-    if isinstance(exc, YlokhError):
-        return exc
-    url = request.url
-    detail = redact(_describe(exc), request.secrets)
-    timeout = settings.timeout
-    timed_out = _is_read_timeout(exc) or isinstance(
-        exc, (requests.Timeout, urllib3.exceptions.TimeoutError, socket.timeout)
-    )
-    if timed_out and deadline is not None and time.monotonic() >= deadline - 0.01:
-        return APITimeoutError(f"the call to {url} ran past its total timeout ({timeout.total} s)")
-    if isinstance(exc, requests.ConnectTimeout):
-        return APITimeoutError(
-            f"timed out connecting to {url} (connect timeout {timeout.connect} s)"
-        )
-    if isinstance(
-        exc, (requests.ReadTimeout, urllib3.exceptions.ReadTimeoutError, socket.timeout)
-    ) or _is_read_timeout(exc):
-        return APITimeoutError(
-            f"the server at {url} sent nothing for {timeout.read} s (read timeout)"
-        )
-    if isinstance(exc, (requests.exceptions.SSLError, urllib3.exceptions.SSLError)):
-        return APIConnectionError(f"TLS verification or handshake with {url} failed: {detail}")
-    if isinstance(exc, requests.exceptions.ProxyError):
-        proxy = redact_url(settings.proxy or "")
-        return APIConnectionError(f"the proxy {proxy} failed for {url}: {detail}")
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
-        return InvalidRequestError(f"invalid URL or proxy: {detail}")
-    if isinstance(exc, (urllib3.exceptions.DecodeError, requests.exceptions.ContentDecodingError)):
-        return ProtocolError(f"the server at {url} sent a body that cannot be decoded: {detail}")
-    if isinstance(exc, requests.TooManyRedirects):
-        return ProtocolError(f"too many redirects from {url}")
-    return APIConnectionError(f"connection to {url} failed: {detail}")
-
-
-def _is_read_timeout(exc: BaseException) -> bool:
-    inner = exc.args[0] if exc.args else None
-    return isinstance(inner, urllib3.exceptions.ReadTimeoutError)
-
-
-def _describe(exc: BaseException) -> str:
-    """The useful part of a requests/urllib3 error, which nests it several wrappers deep
-    (``ConnectionError(MaxRetryError(reason=NewConnectionError(...)))``)."""
-    inner = exc
-    for _ in range(6):
-        reason = getattr(inner, "reason", None)
-        if not isinstance(reason, BaseException) and inner.args:
-            reason = inner.args[0]
-        if not isinstance(reason, BaseException):
-            break
-        inner = reason
-    text = str(inner)
-    if isinstance(inner, urllib3.exceptions.NewConnectionError):
-        text = text.rsplit(": ", 1)[-1]  # drop "<HTTPConnection object at 0x...>: ..."
-    return text or type(inner).__name__
+def _bound(raw: Any, call: Call) -> None:
+    """Set the socket timeout of the next read: ``read`` within the call's deadlines."""
+    sock = _compat.socket_of(raw)
+    if sock is not None:
+        sock.settimeout(call.read_timeout())

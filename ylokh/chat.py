@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from ._base import BaseClient, Completion, Exchange
+from ._base import BaseClient, Call, Completion
 from ._errors import InvalidRequestError
 from ._protocol import validate_messages
 
 if TYPE_CHECKING:
     from ._async import AsyncClient, AsyncStream
     from ._sync import Client, Stream
+
+#: Options that may hold secrets: never written by :meth:`Chat.save`.
+_UNSAVED = frozenset({"api_key", "headers", "proxy"})
 
 
 class Chat:
@@ -62,9 +66,11 @@ class Chat:
             self._messages.extend(loaded)
             self._trim()  # a loaded history longer than max_turns must not be sent whole
         self._twin: BaseClient | None = None
+        self._endpoint: Any = None  # several endpoints: the one that answered last
 
     def __repr__(self) -> str:
-        return f"Chat({len(self._messages)} messages)"
+        count = len(self._messages)
+        return f"Chat({count} message{'' if count == 1 else 's'})"
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -91,25 +97,65 @@ class Chat:
         self.system = system
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the history to ``path`` as JSON."""
-        with open(path, "w", encoding="utf-8") as file:
-            json.dump(self._messages, file, ensure_ascii=False, indent=2)
+        """Write the history, the model and the options to ``path`` as JSON.
+
+        Connection secrets (``api_key``, ``headers``, ``proxy``) are never written, nor
+        options that JSON cannot hold.
+        """
+        options = {}
+        for key, value in self.options.items():
+            if key in _UNSAVED:
+                continue
+            try:
+                json.dumps(value, allow_nan=False)
+            except (TypeError, ValueError):
+                continue  # e.g. a Timeout object: the loader gives its own settings
+            options[key] = value
+        saved = {"model": options.pop("model", None), "options": options}
+        saved["messages"] = self._messages
+        # Written aside and renamed: a chat saved after every turn is never left half-written.
+        temp = f"{os.fspath(path)}.tmp"
+        try:
+            with open(temp, "w", encoding="utf-8", errors="replace") as file:
+                json.dump(saved, file, ensure_ascii=False, indent=2)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
 
     @classmethod
     def load(
         cls, path: str | os.PathLike[str], client: BaseClient | None = None, **options: Any
     ) -> Chat:
-        """A chat that goes on from a history written by :meth:`save`.
+        """A chat that goes on from what :meth:`save` wrote: its history, model and options
+        (``options`` given here win over the saved ones).
 
         Raises:
-            InvalidRequestError: the file does not hold a list of messages.
+            InvalidRequestError: the file is not a saved chat (the message names the file).
+            OSError: the file cannot be read.
         """
+        name = os.fspath(path)
         with open(path, encoding="utf-8") as file:
             try:
-                messages = json.load(file)
+                saved = json.load(file)
             except ValueError as exc:
-                raise InvalidRequestError(f"{path} is not a saved chat: {exc}") from None
-        return cls(client=client, messages=messages, **options)
+                raise InvalidRequestError(f"{name} is not a saved chat: {exc}") from None
+        if isinstance(saved, list):  # the first versions saved the messages alone
+            saved = {"messages": saved}
+        if (
+            not isinstance(saved, dict)
+            or not isinstance(saved.get("messages"), list)
+            or not isinstance(saved.get("options", {}), dict)
+        ):
+            raise InvalidRequestError(f"{name} is not a saved chat: not a chat object")
+        kept = dict(saved.get("options") or {})
+        if saved.get("model"):
+            kept["model"] = saved["model"]
+        try:
+            return cls(client=client, messages=saved.get("messages"), **{**kept, **options})
+        except InvalidRequestError as exc:
+            raise InvalidRequestError(f"{name} is not a saved chat: {exc}") from None
 
     # -- turns -----------------------------------------------------------------------------
     def _turn(
@@ -118,17 +164,24 @@ class Chat:
         if not isinstance(prompt, str) or not prompt:
             raise InvalidRequestError("the prompt must be a non-empty str")
         user = {"role": "user", "content": prompt}
-        return [*self._messages, user], {**self.options, **options}
+        merged = {**self.options, **options}
+        if self._endpoint is not None:  # the endpoint of the last turn, while it is healthy
+            merged["_endpoint"] = self._endpoint
+        return [*self._messages, user], merged
 
     def _recorder(self, prompt: str) -> Any:
-        def record(stream: Exchange) -> None:
-            answer: dict[str, Any] = {"role": "assistant", "content": stream.text}
-            if stream.tool_calls:
-                answer["tool_calls"] = stream.tool_calls
-            self._messages += [{"role": "user", "content": prompt}, answer]
-            self._trim()
+        def record(call: Call) -> None:
+            self._endpoint = call.prefer
+            self._record(prompt, call.answer.text, call.answer.tool_calls)
 
         return record
+
+    def _record(self, prompt: str, text: str, tool_calls: list[dict[str, Any]]) -> None:
+        answer: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool_calls:
+            answer["tool_calls"] = tool_calls
+        self._messages += [{"role": "user", "content": prompt}, answer]
+        self._trim()
 
     def _trim(self) -> None:
         if self.max_turns is None:
@@ -159,9 +212,9 @@ class Chat:
             return _default_async_client()
         if isinstance(self.client, AsyncClient):
             return self.client
-        if not isinstance(self._twin, AsyncClient):
-            self._twin = AsyncClient(**self.client._args, model=self.client.model)
-        return self._twin
+        from ._api import async_twin
+
+        return async_twin(self.client)  # type: ignore[arg-type]  # a Client
 
     def stream(self, prompt: str, **options: Any) -> Stream:
         """Send ``prompt`` with the history; iterate the result for text deltas."""
@@ -171,7 +224,17 @@ class Chat:
         return stream
 
     def complete(self, prompt: str, **options: Any) -> Completion:
-        """Send ``prompt`` with the history; return the whole answer."""
+        """Send ``prompt`` with the history; return the whole answer.
+
+        The answer is streamed (the read timeout then bounds each pause, not the whole
+        answer); ``stream=False`` asks for it in one piece instead.
+        """
+        if options.get("stream") is False:
+            rest = {k: v for k, v in options.items() if k != "stream"}
+            messages, merged = self._turn(prompt, rest)
+            answer = self._sync_client().complete(messages, **merged)
+            self._record(prompt, str(answer), answer.tool_calls)
+            return answer
         with self.stream(prompt, **options) as stream:
             for _ in stream:
                 pass
@@ -185,7 +248,14 @@ class Chat:
         return stream
 
     async def acomplete(self, prompt: str, **options: Any) -> Completion:
-        """Send ``prompt`` with the history; return the whole answer (async)."""
+        """Send ``prompt`` with the history; return the whole answer (async; ``stream=False``
+        as for :meth:`complete`)."""
+        if options.get("stream") is False:
+            rest = {k: v for k, v in options.items() if k != "stream"}
+            messages, merged = self._turn(prompt, rest)
+            answer = await self._async_client().complete(messages, **merged)
+            self._record(prompt, str(answer), answer.tool_calls)
+            return answer
         async with self.astream(prompt, **options) as stream:
             async for _ in stream:
                 pass

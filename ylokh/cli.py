@@ -2,7 +2,9 @@
 
     ylokh chat --local "hello"            # zero setup: talks to the bundled local server
     echo "hello" | ylokh chat --json      # one JSON object per chunk, for jq
+    cat notes.txt | ylokh chat "Summarize this"   # the prompt, then the piped text
     ylokh chat                            # on a terminal: an interactive chat
+    ylokh chat -c "and then?"             # goes on with the last conversation
     ylokh batch in.jsonl -o out.jsonl     # many prompts; a rerun resumes
     ylokh models / ylokh serve --port 8000
 
@@ -18,18 +20,22 @@ import json
 import logging
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import IO, Any
 
 from ._errors import (
     APIConnectionError,
+    APITimeoutError,
     InvalidRequestError,
     ProtocolError,
     YlokhError,
     redact,
     status_error,
 )
+from ._server_flags import add_server_flags, run_server
 from ._version import __version__
 
 __all__ = ["main"]
@@ -44,6 +50,10 @@ _logger = logging.getLogger("ylokh")
 
 class UsageError(Exception):
     """A mistake in how the command was called (exit code 2)."""
+
+
+class FileError(YlokhError):
+    """A file could not be written: a missing folder, a full disk, a read-only place (exit 1)."""
 
 
 # -- the argument parser ---------------------------------------------------------------------
@@ -63,14 +73,41 @@ def _connection_flags(parser: argparse.ArgumentParser, *, local: bool = True) ->
         "--api-key", help="API key, sent as a Bearer token (better: env YLOKH_API_KEY)"
     )
     group.add_argument("--timeout", type=float, help="read timeout in seconds (env YLOKH_TIMEOUT)")
+    group.add_argument(
+        "--max-retries",
+        type=int,
+        help="retries of a failed request (default 2; env YLOKH_MAX_RETRIES)",
+    )
 
 
-def _model_flags(parser: argparse.ArgumentParser) -> None:
+def _option(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as JSON (``seed=1``, ``stop=["\\n"]``), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def _model_flags(parser: argparse.ArgumentParser, *, short_option: bool = True) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("-m", "--model", help="model name (env YLOKH_MODEL)")
     group.add_argument("-s", "--system", help="system prompt")
     group.add_argument("-t", "--temperature", type=float, help="sampling temperature")
     group.add_argument("--max-tokens", type=int, help="longest answer, in tokens")
+    names = ("-o", "--option") if short_option else ("--option",)
+    group.add_argument(
+        *names,
+        dest="options",
+        metavar="KEY=VALUE",
+        type=_option,
+        action="append",
+        default=[],
+        help="any payload option, the value read as JSON (repeatable): "
+        "-o top_p=0.9 -o seed=1 -o 'stop=[\"END\"]'",
+    )
 
 
 def _debug_flag(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -81,6 +118,13 @@ def _debug_flag(parser: argparse.ArgumentParser, default: Any) -> None:
         default=default,
         help="log requests to stderr and show tracebacks",
     )
+
+
+def add_command(commands: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """Add the subcommand ``name``; its usage errors print its own usage line."""
+    sub: argparse.ArgumentParser = commands.add_parser(name, **kwargs)
+    sub.set_defaults(command_parser=sub)
+    return sub
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,16 +138,35 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_flag(parser, False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+    _chat_parser(commands)
+    _batch_parser(commands)
+    _models_parser(commands)
+    _serve_parser(commands)
+    _bench_parser(commands)
+    return parser
 
-    chat = commands.add_parser(
+
+def _chat_parser(commands: Any) -> None:
+    chat = add_command(
+        commands,
         "chat",
         help="ask a question (or chat interactively)",
         description=(
             "Stream the answer to PROMPT. With '-' or a pipe, the prompt is read from stdin; "
-            "with no prompt on a terminal, start an interactive chat (/help for commands)."
+            "a PROMPT and a pipe send the prompt, then the piped text. With no prompt on a "
+            "terminal, start an interactive chat (/help for commands; end a line with \\ "
+            "to go on on the next one). Every conversation is kept, so --continue goes on "
+            "with the last one."
         ),
     )
     chat.add_argument("prompt", nargs="?", help="the question; '-' reads stdin")
+    chat.add_argument(
+        "-c",
+        "--continue",
+        dest="resume",
+        action="store_true",
+        help="go on with the last conversation (its model, options and history)",
+    )
     _model_flags(chat)
     _connection_flags(chat)
     output = chat.add_argument_group("output")
@@ -111,18 +174,30 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument(
         "--json",
         action="store_true",
-        help='one JSON object per line: {"type": "delta", "text"} per chunk, then "done"',
+        help='one JSON object per line: {"type": "delta", "text"} per chunk, then "done" '
+        '(or "error", with the partial text)',
+    )
+    output.add_argument(
+        "--stats",
+        action="store_true",
+        help="after the answer, print its measurements to stderr (ttft, tokens, tok/s)",
     )
     _debug_flag(chat, argparse.SUPPRESS)
 
-    batch = commands.add_parser(
+
+def _batch_parser(commands: Any) -> None:
+    batch = add_command(
+        commands,
         "batch",
         help="answer many prompts from a JSONL file",
         description=(
             'Each input line is {"id", "prompt" or "messages", optional "model", "options"} '
-            '(or a bare JSON string); each output line is {"id", "text" or "error", '
-            '"finish_reason", "usage"}, written as soon as it is ready. Rerunning with the '
-            "same output file skips the ids already answered and retries the failed ones."
+            '(or a bare JSON string), or a line of the OpenAI Batch API ({"custom_id", '
+            '"method", "url", "body"}); the format is read from the first line. Each output '
+            'line is {"id", "text" or "error", "finish_reason", "usage", "fingerprint"}, or '
+            "OpenAI's batch output line for OpenAI input, written as soon as it is ready. "
+            "Rerunning with the same output file skips the requests already answered (same "
+            "id, same request) and runs the failed and changed ones again."
         ),
     )
     batch.add_argument("input", help="JSONL file of prompts; '-' reads stdin")
@@ -136,28 +211,83 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="progress bar on stderr (default: when stderr is a terminal and tqdm is installed)",
     )
-    _model_flags(batch)
+    _model_flags(batch, short_option=False)  # -o is the output file here
     _connection_flags(batch)
     _debug_flag(batch, argparse.SUPPRESS)
 
-    models = commands.add_parser("models", help="list the server's models (/v1/models)")
+
+def _models_parser(commands: Any) -> None:
+    models = add_command(commands, "models", help="list the server's models (/v1/models)")
     _connection_flags(models)
     models.add_argument("--json", action="store_true", help="print the server's JSON answer")
     _debug_flag(models, argparse.SUPPRESS)
 
-    serve = commands.add_parser(
+
+def _serve_parser(commands: Any) -> None:
+    serve = add_command(
+        commands,
         "serve",
         help="run the bundled OpenAI-compatible test server",
         description="Serve deterministic echo answers until Ctrl-C (for demos and tests).",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any)")
-    serve.add_argument("--fault", help='default fault spec, e.g. "status=503" or "stall=5"')
-    serve.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
-    serve.add_argument("--api-key", help="require this key (Authorization: Bearer KEY)")
-    serve.add_argument("--model", default="ylokh-echo", help="the model name to report")
+    add_server_flags(serve)  # the same flags as python -m ylokh.testing
     _debug_flag(serve, argparse.SUPPRESS)
-    return parser
+
+
+# -- bench: the parser of `ylokh bench` ------------------------------------------------------
+def _bench_parser(commands: Any) -> None:
+    bench = add_command(
+        commands,
+        "bench",
+        help="measure a server under load (latency, throughput, goodput)",
+        description=(
+            "Measure an OpenAI-compatible server with ylokh's async client: TTFT, inter-token "
+            "latency, TPOT and end-to-end latency (mean, p50, p90, p99), throughput, errors "
+            "and goodput per load level. Levels within 50%% of the client's own ceiling, or "
+            "whose event loop lagged, are marked client-bound."
+        ),
+    )
+    where = bench.add_argument_group("server")
+    where.add_argument(
+        "--base-url", nargs="+", action="extend", metavar="URL",
+        help="API base URL(s); several measure a set of servers together (env YLOKH_BASE_URL)",
+    )  # fmt: skip
+    where.add_argument(
+        "--local", action="store_true",
+        help="measure the bundled test server (known latencies: ttft 20 ms, itl 5 ms, 32 tokens)",
+    )  # fmt: skip
+    where.add_argument("--api-key", help="API key (better: env YLOKH_API_KEY)")
+    where.add_argument("--timeout", type=float, help="read timeout in seconds")
+    where.add_argument("-m", "--model", help="model name (env YLOKH_MODEL)")
+    load = bench.add_argument_group("load").add_mutually_exclusive_group()
+    load.add_argument("--concurrency", help="levels of calls kept in flight, e.g. 1,8,32")
+    load.add_argument("--rate", help="levels of mean requests/s (Poisson arrivals), e.g. 2,5,10")
+    size = bench.add_argument_group("size").add_mutually_exclusive_group()
+    size.add_argument("--requests", type=int, default=50, help="requests per level (default 50)")
+    size.add_argument("--duration", type=float, help="seconds per level (instead of --requests)")
+    more = bench.add_argument_group("requests")
+    more.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="uncounted calls before each level (default 2; at least one per slot)",
+    )
+    prompt = more.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", help="the prompt of every request")
+    prompt.add_argument("--prompt-file", help="read the prompt from this file")
+    more.add_argument("--max-tokens", type=int, default=128, help="longest answer (default 128)")
+    more.add_argument("--slo", help="bounds for goodput, seconds: ttft=0.5,itl=0.05,tpot=,e2e=10")
+    more.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
+    out = bench.add_argument_group("output")
+    out.add_argument("--json", metavar="F", help="write the JSON document ('-' = stdout)")
+    out.add_argument("--csv", metavar="F", help="write one CSV row per level")
+    out.add_argument("--report", metavar="F", help="write a report: F.md or F.html (plots inline)")
+    out.add_argument("--plot", metavar="F.png", help="write the plots (needs ylokh[plot])")
+    out.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None,
+        help="a live progress line on stderr (default: when stderr is a terminal)",
+    )  # fmt: skip
+    _debug_flag(bench, argparse.SUPPRESS)
 
 
 # -- shared pieces ---------------------------------------------------------------------------
@@ -176,15 +306,32 @@ def _base_url(args: argparse.Namespace) -> Iterator[str | None]:
 def _settings(args: argparse.Namespace, base_url: str | None) -> dict[str, Any]:
     if args.timeout is not None and args.timeout < 0:
         raise UsageError("--timeout must not be negative")
-    return {"base_url": base_url, "api_key": args.api_key, "timeout": args.timeout}
+    if args.max_retries is not None and args.max_retries < 0:
+        raise UsageError("--max-retries must not be negative")
+    settings = {"base_url": base_url, "api_key": args.api_key, "timeout": args.timeout}
+    if args.max_retries is not None:
+        settings["max_retries"] = args.max_retries
+    return settings
 
 
 def _payload(args: argparse.Namespace) -> dict[str, Any]:
-    return {"temperature": args.temperature, "max_tokens": args.max_tokens}
+    from ._base import SETTING_NAMES
+
+    payload: dict[str, Any] = {"temperature": args.temperature, "max_tokens": args.max_tokens}
+    for key, value in args.options:
+        if key in SETTING_NAMES or key in ("messages", "model"):
+            flag = {"messages": "the prompt", "model": "--model"}.get(key, f"--{key}")
+            flag = flag.replace("_", "-")
+            raise UsageError(f"-o {key}=...: not a payload option (use {flag})")
+        payload[key] = value
+    return payload
 
 
 def _write(stream: IO[str], text: str) -> None:
-    stream.write(text)
+    from ._batch import scrub
+
+    # A reply may hold a lone surrogate ("\ud800" is valid JSON): write U+FFFD, never crash.
+    stream.write(scrub(text))
     stream.flush()  # each delta reaches the terminal (or the pipe) as soon as it arrives
 
 
@@ -192,9 +339,59 @@ def _json_line(stream: IO[str], obj: dict[str, Any]) -> None:
     _write(stream, json.dumps(obj, ensure_ascii=False) + "\n")
 
 
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+class _Waiting:
+    """Says on a terminal what the command waits for, once an answer is slow to start.
+
+    Strategy: a timer thread prints one line to stderr after ``after`` seconds unless the
+    first text arrived first; nothing when stderr is not a terminal (pipes, tests, logs).
+    """
+
+    AFTER = 3.0
+
+    def __init__(self, url: str, after: float = AFTER) -> None:
+        self._timer: threading.Timer | None = None
+        if sys.stderr.isatty():
+            text = f"ylokh: waiting for an answer from {url} (Ctrl-C to stop)"
+            self._timer = threading.Timer(after, _notice, (text,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def done(self) -> None:
+        """The answer started (or the call ended): no line, or no further line."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class _RetryNotice(logging.Handler):
+    """On a terminal, says when a retry waits long (a ``Retry-After`` of 30 s), so a slow
+    first answer is never silent; the library logs every retry at WARNING.
+
+    The wait is the record's ``wait`` attribute when the library sets one, else the
+    second argument of its message ("retrying POST %s in %.2f s ...").
+    """
+
+    LONG = 2.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        wait: object = getattr(record, "wait", None)
+        if wait is None and isinstance(record.args, tuple) and len(record.args) > 1:
+            wait = record.args[1]
+        if isinstance(wait, (int, float)) and wait >= self.LONG:
+            _notice(f"ylokh: waiting {wait:.0f} s before trying again ({record.getMessage()})")
+
+
 # -- chat ------------------------------------------------------------------------------------
 def _read_prompt(args: argparse.Namespace) -> str | None:
-    """The one-shot prompt, or ``None`` for an interactive chat."""
+    """The one-shot prompt, or ``None`` for an interactive chat.
+
+    A prompt argument and piped text make one prompt: the argument, a blank line, the text
+    (``cat notes.txt | ylokh chat "Summarize this"``), as ``llm`` does.
+    """
     prompt: str | None = args.prompt
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
         prompt = sys.stdin.read()
@@ -203,48 +400,158 @@ def _read_prompt(args: argparse.Namespace) -> str | None:
         return prompt
     if prompt is not None and not prompt.strip():
         raise UsageError("the prompt is empty")
+    if prompt is not None and _piped():
+        piped = sys.stdin.read()
+        if piped.strip():
+            prompt = f"{prompt}\n\n{piped}"
     return prompt
 
 
+def _piped() -> bool:
+    """Whether stdin is a pipe or a file, to be read with a prompt argument; never a
+    terminal, a socket or an inherited descriptor that may never end."""
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):  # closed, or replaced by an object
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def _state_file() -> str:
+    """Where the last conversation is kept for ``--continue`` (XDG state folder)."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(state, "ylokh", "last-chat.json")
+
+
+def _new_chat(client: Any, args: argparse.Namespace) -> Any:
+    """The conversation to talk in: the last one with ``--continue``, else a new one."""
+    from .chat import Chat
+
+    options = {k: v for k, v in _payload(args).items() if v is not None}
+    if args.model:
+        options["model"] = args.model
+    if not args.resume:
+        return Chat(system=args.system or None, client=client, **options)
+    path = _state_file()
+    try:
+        chat = Chat.load(path, client=client, **options)
+    except FileNotFoundError:
+        raise UsageError(f"no conversation to continue ({path} does not exist)") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if args.system:
+        chat.system = args.system
+    return chat
+
+
+def _keep(chat: Any) -> None:
+    """Save the conversation for ``--continue``; a state folder that cannot be written is
+    not worth failing an answer for."""
+    path = _state_file()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        chat.save(path)
+    except OSError as exc:
+        _logger.debug("could not keep the conversation in %s: %s", path, exc)
+
+
+def _with_usage(options: dict[str, Any]) -> dict[str, Any]:
+    if "stream_options" in options or options.get("stream") is False:
+        return options
+    return {**options, "stream_options": {"include_usage": True}}
+
+
 def _cmd_chat(args: argparse.Namespace) -> int:
+    from ._errors import BadRequestError
     from ._sync import Client
 
     prompt = _read_prompt(args)
     with _base_url(args) as base_url, Client(**_settings(args, base_url)) as client:
+        chat = _new_chat(client, args)
         if prompt is None:
-            return _interactive(client, args)
-        messages: list[dict[str, Any]] = []
-        if args.system:
-            messages.append({"role": "system", "content": args.system})
-        messages.append({"role": "user", "content": prompt})
+            return _interactive(client, chat, args)
         out = sys.stdout
-        options = _payload(args)
-        if args.no_stream:
-            answer = client.complete(messages, model=args.model, **options)
-            if args.json:
-                _json_line(out, _done(answer, answer.finish_reason, answer.usage))
-            else:
-                _write(out, answer if answer.endswith("\n") else answer + "\n")
-            return EXIT_OK
-        with client.stream(messages, model=args.model, **options) as stream:
+        waiting = _Waiting(client.settings.base_url)
+        try:
+            if args.no_stream:
+                answer = chat.complete(prompt, stream=False)
+                waiting.done()
+                if args.json:
+                    _json_line(out, _done(answer, answer.finish_reason, answer.usage))
+                else:
+                    _write(out, answer if answer.endswith("\n") else answer + "\n")
+                if args.stats:
+                    print(answer.stats.summary(), file=sys.stderr)
+                _keep(chat)
+                return EXIT_OK
+            # Usage comes only when asked for; a server that rejects stream_options answers
+            # 400 before any text, and the question is asked again without it.
+            options = _with_usage({})
             try:
-                for text in stream:
-                    if args.json:
-                        _json_line(out, {"type": "delta", "text": text})
-                    else:
-                        _write(out, text)
-            finally:
-                # End the line even after an error or Ctrl-C, so the shell prompt and the
-                # error message start on a line of their own.
-                if not args.json and stream.text and not stream.text.endswith("\n"):
-                    _write(out, "\n")
+                stream = _print_stream(chat, prompt, options, args, waiting)
+            except BadRequestError as exc:
+                printed: object = getattr(exc, "partial", None)
+                if not options or printed:
+                    raise  # not about stream_options, or text was printed already
+                stream = _print_stream(chat, prompt, {}, args, waiting)
+        except YlokhError as exc:
+            if args.json:
+                _json_line(out, _error_object(exc, args))
+            raise
+        finally:
+            waiting.done()
         if args.json:
             _json_line(out, _done(stream.text, stream.finish_reason, stream.usage))
+        if args.stats:
+            print(stream.stats.summary(), file=sys.stderr)
+        _keep(chat)
     return EXIT_OK
+
+
+def _print_stream(
+    chat: Any, prompt: str, options: dict[str, Any], args: argparse.Namespace, waiting: _Waiting
+) -> Any:
+    out = sys.stdout
+    stream = chat.stream(prompt, **options)
+    with stream:
+        try:
+            for text in stream:
+                waiting.done()
+                if args.json:
+                    _json_line(out, {"type": "delta", "text": text})
+                else:
+                    _write(out, text)
+        except YlokhError as exc:
+            if not stream.text:
+                raise
+            exc.partial = getattr(exc, "partial", None) or stream.text  # type: ignore[attr-defined]
+            raise
+        finally:
+            # End the line even after an error or Ctrl-C, so the shell prompt and the
+            # error message start on a line of their own.
+            if not args.json and stream.text and not stream.text.endswith("\n"):
+                _write(out, "\n")
+    return stream
 
 
 def _done(text: str, finish_reason: str | None, usage: Any) -> dict[str, Any]:
     return {"type": "done", "text": str(text), "finish_reason": finish_reason, "usage": usage}
+
+
+def _error_object(exc: BaseException, args: argparse.Namespace) -> dict[str, Any]:
+    """The last ``--json`` line of a failed answer: what failed, and the text received."""
+    from ._errors import APIStatusError
+
+    error = {
+        "type": type(exc).__name__,
+        "message": redact(str(exc), _secrets(args)),
+        "status_code": exc.status_code if isinstance(exc, APIStatusError) else None,
+    }
+    return {"type": "error", "error": error, "partial": getattr(exc, "partial", "") or ""}
 
 
 # -- interactive chat ------------------------------------------------------------------------
@@ -253,6 +560,7 @@ _HELP = """\
 /system TEXT  set the system prompt (/system alone shows it)
 /save FILE    write the conversation to FILE as JSON
 /exit         leave (also Ctrl-D, or Ctrl-C twice)
+End a line with \\ to go on on the next line; a pasted block is sent whole.
 Ctrl-C while an answer streams stops that answer; the conversation goes on."""
 
 
@@ -261,26 +569,51 @@ def _notice(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _interactive(client: Any, args: argparse.Namespace) -> int:
+def _more_pasted() -> bool:
+    """Whether more typed-ahead input is already there: the rest of a pasted block."""
+    try:
+        import select
+
+        ready, _, _ = select.select([sys.stdin], [], [], 0.02)
+    except (ImportError, OSError, ValueError):  # no select() on this stdin (Windows)
+        return False
+    return bool(ready)
+
+
+def _read_message() -> str:
+    """One message: a line, more lines while one ends with a backslash, and the rest of a
+    pasted block (lines that arrived together)."""
+    lines = [input("> ")]
+    while True:
+        if lines[-1].endswith("\\"):
+            lines[-1] = lines[-1][:-1]
+            lines.append(input(". "))
+        elif _more_pasted():
+            lines.append(input(""))
+        else:
+            return "\n".join(lines)
+
+
+def _interactive(client: Any, chat: Any, args: argparse.Namespace) -> int:
     """A chat that keeps its history, until /exit, Ctrl-D or a second Ctrl-C."""
     try:
         import readline  # noqa: F401  (importing it gives input() line editing and history)
     except ImportError:  # not on every platform (Windows)
         pass
     from ._protocol import resolve_model
-    from .chat import Chat
 
-    chat = Chat(system=args.system or None, client=client, model=args.model, **_payload(args))
-    model = resolve_model(args.model, os.environ)
+    model = resolve_model(chat.options.get("model"), os.environ)
+    turns = sum(1 for m in chat.messages if m["role"] == "user")
+    going_on = f", going on after {_plural(turns, 'turn')}" if args.resume else ""
     _notice(
-        f"ylokh {__version__}: chatting with {model} at {client.settings.base_url}. "
+        f"ylokh {__version__}: chatting with {model} at {client.settings.base_url}{going_on}. "
         "/help for commands, Ctrl-D to leave."
     )
     # Set by a Ctrl-C (at the prompt or during an answer); a second one in a row leaves.
     interrupted = False
     while True:
         try:
-            line = input("> ")
+            line = _read_message()
         except EOFError:
             _notice("")
             return EXIT_OK
@@ -303,11 +636,19 @@ def _interactive(client: Any, args: argparse.Namespace) -> int:
         # A Ctrl-C that lands anywhere in the turn (even before the first byte) ends the
         # turn, not the session.
         printed = False
+        waiting = _Waiting(client.settings.base_url)
         try:
-            with chat.stream(line) as stream:
-                for text in stream:
-                    printed = True
-                    _write(sys.stdout, text)
+            if args.no_stream:
+                answer = chat.complete(line, stream=False)
+                waiting.done()
+                printed = True
+                _write(sys.stdout, answer)
+            else:
+                with chat.stream(line) as stream:
+                    for text in stream:
+                        waiting.done()
+                        printed = True
+                        _write(sys.stdout, text)
         except KeyboardInterrupt:
             interrupted = True
             _notice("\n[interrupted: the answer was not kept]")
@@ -317,7 +658,10 @@ def _interactive(client: Any, args: argparse.Namespace) -> int:
                 _write(sys.stdout, "\n")
             _notice(f"ylokh: error: {redact(str(exc), _secrets(args))}")
             continue
+        finally:
+            waiting.done()
         _write(sys.stdout, "\n")
+        _keep(chat)
 
 
 def _slash_command(chat: Any, line: str) -> int | None:
@@ -346,7 +690,7 @@ def _slash_command(chat: Any, line: str) -> int | None:
         except OSError as exc:
             _notice(f"ylokh: error: cannot write {rest}: {exc.strerror or exc}")
         else:
-            _notice(f"(saved {len(chat.messages)} messages to {rest})")
+            _notice(f"(saved {_plural(len(chat.messages), 'message')} to {rest})")
     else:
         _notice(f"unknown command {name}; /help lists the commands")
     return None
@@ -358,19 +702,22 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     if args.concurrency < 1:
         raise UsageError("--concurrency must be at least 1")
+    if args.output and args.input != "-" and _same_file(args.input, args.output):
+        raise UsageError(f"-o {args.output} is the input file: results would overwrite it")
     try:
         if args.input == "-":
             items = read_jsonl(sys.stdin, "<stdin>")
         else:
             with open(args.input, encoding="utf-8") as file:
                 items = read_jsonl(file, args.input)
-    except OSError as exc:
-        raise UsageError(f"cannot read {args.input}: {exc.strerror or exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"cannot read {args.input}: {detail or exc}") from None
     if args.system:
         system = {"role": "system", "content": args.system}
         items = [
-            type(item)(item.id, [system, *item.messages], item.options)
-            if item.messages[0]["role"] != "system"
+            replace(item, messages=[system, *item.messages])
+            if item.messages and item.messages[0]["role"] != "system"
             else item
             for item in items
         ]
@@ -381,16 +728,22 @@ def _cmd_batch(args: argparse.Namespace) -> int:
             failed.append(result)
 
     with _base_url(args) as base_url:
-        results = batch(
-            items,
-            args.concurrency,
-            model=args.model,
-            output=args.output or sys.stdout,
-            progress=args.progress,
-            on_result=note,
-            **_settings(args, base_url),
-            **_payload(args),
-        )
+        try:
+            results = batch(
+                items,
+                args.concurrency,
+                model=args.model,
+                output=args.output or sys.stdout,
+                progress=args.progress,
+                on_result=note,
+                **_settings(args, base_url),
+                **_payload(args),
+            )
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            where = exc.filename or args.output or "<stdout>"
+            raise FileError(f"cannot write {where}: {exc.strerror or exc}") from None
     if failed:
         first = failed[0].error or {}
         print(
@@ -401,6 +754,13 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -446,20 +806,99 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 # -- serve -----------------------------------------------------------------------------------
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .testing import Fault, serve
+    return run_server(args.command_parser, args)
 
+
+# -- bench -----------------------------------------------------------------------------------
+def _levels_arg(text: str | None, kind: Callable[[str], float], flag: str) -> list[float] | None:
+    if text is None:
+        return None
     try:
-        Fault.parse(args.fault)
+        values = [kind(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise UsageError(f"{flag} takes numbers separated by commas, got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise UsageError(f"{flag} takes positive numbers, got {text!r}")
+    return values
+
+
+LOCAL_BENCH_SERVER = ["--tokens", "32", "--ttft", "0.02", "--itl", "0.005"]
+
+
+@contextlib.contextmanager
+def _local_server() -> Iterator[str]:
+    """The bundled server in a process of its own (in this one, it would share the GIL
+    with the client and slow it down), with known latencies; yields its base URL."""
+    import subprocess
+
+    command = [sys.executable, "-m", "ylokh.testing", "--port", "0", *LOCAL_BENCH_SERVER]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "ylokh test server listening on URL (Ctrl-C to stop)"
+        words = [w for w in line.split() if w.startswith("http")]
+        if not words:
+            raise APIConnectionError("the bundled test server did not start")
+        yield words[0]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    concurrency = _levels_arg(args.concurrency, int, "--concurrency")
+    rate = _levels_arg(args.rate, float, "--rate")
+    if args.requests < 1:
+        raise UsageError("--requests must be at least 1")
+    if args.duration is not None and not args.duration > 0:
+        raise UsageError("--duration must be positive")
+    if args.warmup < 0:
+        raise UsageError("--warmup must not be negative")
+    try:
+        bench.parse_slo(args.slo)
     except ValueError as exc:
-        raise UsageError(f"--fault: {exc}") from None
-    if args.delay < 0:
-        raise UsageError("--delay must not be negative")
+        raise UsageError(f"--slo: {exc}") from None
+    prompt = args.prompt or bench.DEFAULT_PROMPT
+    if args.prompt_file:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        except OSError as exc:
+            raise UsageError(f"--prompt-file: {exc.strerror or exc}: {args.prompt_file}") from None
+    if args.local and args.base_url:
+        raise UsageError("--local and --base-url exclude each other")
+    with contextlib.ExitStack() as stack:
+        base_url: Any
+        if args.local:
+            base_url = stack.enter_context(_local_server())
+        elif args.base_url:
+            base_url = args.base_url[0] if len(args.base_url) == 1 else list(args.base_url)
+        else:
+            base_url = os.environ.get("YLOKH_BASE_URL") or None
+        result = bench.run(
+            base_url, model=args.model, concurrency=concurrency, rate=rate,
+            requests=args.requests, duration=args.duration, warmup=args.warmup, prompt=prompt,
+            max_tokens=args.max_tokens, slo=args.slo, seed=args.seed, api_key=args.api_key,
+            timeout=args.timeout, progress=args.progress,
+        )  # fmt: skip
+    print(result.table(), file=sys.stderr if args.json == "-" else sys.stdout)
     try:
-        serve(args.host, args.port, fault=args.fault, delay=args.delay, api_key=args.api_key,
-              model=args.model)  # fmt: skip
+        notices = bench.write_outputs(
+            result, json_path=args.json, csv_path=args.csv, report_path=args.report,
+            plot_path=args.plot,
+        )  # fmt: skip
     except OSError as exc:
-        raise APIConnectionError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
-    return EXIT_OK  # Ctrl-C is how a server is meant to stop
+        print(f"ylokh: error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ERROR
+    for notice in notices:
+        print(f"ylokh: {notice}", file=sys.stderr)
+    return EXIT_ERROR if result.failed else EXIT_OK
 
 
 # -- main ------------------------------------------------------------------------------------
@@ -468,6 +907,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "batch": _cmd_batch,
     "models": _cmd_models,
     "serve": _cmd_serve,
+    "bench": _cmd_bench,
 }
 
 
@@ -482,14 +922,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("ylokh: %(levelname)s: %(message)s"))
-    _logger.addHandler(handler)
+    # An error is one line on stderr; retry warnings and request logs need --debug, but a
+    # long retry wait is said on a terminal (a first run must not look hung).
+    handler.setLevel(logging.DEBUG if args.debug else logging.ERROR)
+    handlers: list[logging.Handler] = [handler]
+    if not args.debug and sys.stderr.isatty():
+        handlers.append(_RetryNotice(logging.WARNING))
+    for one in handlers:
+        _logger.addHandler(one)
     level = _logger.level
-    # An error is one line on stderr; retry warnings and request logs need --debug.
-    _logger.setLevel(logging.DEBUG if args.debug else logging.ERROR)
+    _logger.setLevel(logging.DEBUG if args.debug else logging.WARNING)
     try:
         return _COMMANDS[args.command](args)
     except UsageError as exc:
-        parser.error(str(exc))  # prints usage and the message, exits 2
+        # The subcommand's own usage line: the flags it takes, not the command list.
+        getattr(args, "command_parser", parser).error(str(exc))  # exits 2
     except InvalidRequestError as exc:  # bad input, found before any request was sent
         return _fail(args, exc, EXIT_USAGE)
     except YlokhError as exc:
@@ -504,9 +951,24 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
     finally:
-        _logger.removeHandler(handler)
+        for one in handlers:
+            _logger.removeHandler(one)
         _logger.setLevel(level)
     return EXIT_USAGE  # not reached: parser.error() exits
+
+
+def _first_run_hint(args: argparse.Namespace, exc: BaseException) -> str:
+    """A hint for the newcomer who did not say which server to use."""
+    if not isinstance(exc, (APIConnectionError, APITimeoutError)):
+        return ""
+    if getattr(args, "base_url", None) or getattr(args, "local", False):
+        return ""
+    if os.environ.get("YLOKH_BASE_URL", "").strip():
+        return ""
+    return (
+        " (no server was named: pass --base-url URL or set YLOKH_BASE_URL, "
+        "or try --local for the bundled offline server)"
+    )
 
 
 def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
@@ -515,7 +977,8 @@ def _fail(args: argparse.Namespace, exc: BaseException, code: int) -> int:
         text = "".join(traceback.format_exception(exc))
         sys.stderr.write(redact(text, secrets))
     message = redact(str(exc), secrets) or type(exc).__name__
-    print(f"ylokh: error: {message}", file=sys.stderr)
+    message = " ".join(message.split())  # one line, whatever the server's message held
+    _write(sys.stderr, f"ylokh: error: {message}{_first_run_hint(args, exc)}\n")
     return code
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ._base import BaseStream, Completion
 
-__all__ = ["ashow", "show"]
+__all__ = ["Shown", "ashow", "show"]
 
 #: Seconds between two renderings: the browser re-renders the whole Markdown each time,
 #: so rendering on every token would make long answers slow to draw.
@@ -41,30 +41,79 @@ def _ipython() -> tuple[Any, Any] | None:
 
 
 class _Live:
-    """One output area that shows the text so far (Markdown in a kernel, else stdout)."""
+    """One output area that shows the text so far (Markdown in a kernel, else stdout).
+
+    Strategy: the browser re-renders the whole Markdown at each update and the text so far
+    is a join of every delta, so both happen at most once per ``interval`` (and once at the
+    end), never once per delta: 20,000 deltas cost 20,000 cheap clock reads, not 20,000
+    joins. Outside a kernel each delta is printed as it comes.
+    """
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.handle: Any = None
-        self.shown = ""
+        self.printed = False
         self.last = 0.0
         found = _ipython()
         if found is not None:
             self.markdown, display = found
             self.handle = display(self.markdown("…"), display_id=True)
 
-    def update(self, text: str, *, final: bool = False) -> None:
+    def delta(self, text: str, stream: Any) -> None:
         if self.handle is None:
-            sys.stdout.write(text[len(self.shown) :])
-            if final and text and not text.endswith("\n"):
-                sys.stdout.write("\n")
+            sys.stdout.write(text)
             sys.stdout.flush()
-            self.shown = text
+            self.printed = True
             return
         now = time.monotonic()
-        if final or now - self.last >= self.interval:
-            self.handle.update(self.markdown(text))
-            self.shown, self.last = text, now
+        if now - self.last >= self.interval:
+            self.handle.update(self.markdown(stream.text))
+            self.last = now
+
+    def final(self, stream: Any) -> None:
+        text = stream.text
+        if self.handle is None:
+            if self.printed and not text.endswith("\n"):
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+            return
+        self.handle.update(self.markdown(text))
+
+
+class Shown(Completion):
+    """The answer :func:`show` returns: a :class:`ylokh.Completion` that the cell which
+    showed it does not render a second time as its ``Out[]``.
+
+    Strategy: IPython calls ``_ipython_display_`` instead of printing the repr; in the cell
+    that ran ``show`` (same execution count) it shows nothing, since the live Markdown is
+    already there; in a later cell (``answer`` alone on a line) it shows the text as a str.
+    """
+
+    _cell: int | None = None
+
+    @classmethod
+    def of_shown(cls, stream: Any) -> Shown:
+        shown = cls.of(stream)
+        assert isinstance(shown, Shown)
+        shown._cell = _execution_count()
+        return shown
+
+    def _ipython_display_(self) -> None:
+        if self._cell is not None and self._cell == _execution_count():
+            return
+        import IPython.display
+
+        display: Any = IPython.display.display
+        display(str(self))
+
+
+def _execution_count() -> int | None:
+    try:
+        import IPython
+    except ImportError:
+        return None
+    shell = IPython.get_ipython()
+    return None if shell is None else int(shell.execution_count)
 
 
 def _sync_stream(source: object, prompt: str | None, options: dict[str, Any]) -> Any:
@@ -99,7 +148,8 @@ def show(
         **options: as for :func:`ylokh.stream` (``model``, ``temperature``, ``base_url``...).
 
     Returns:
-        The answer as a :class:`ylokh.Completion` (a ``str`` with ``finish_reason``...).
+        The answer as a :class:`ylokh.Completion` (a ``str`` with ``finish_reason``...);
+        as the last line of a cell it is not rendered a second time.
 
     Raises:
         YlokhError: as :func:`ylokh.stream`; the text received so far stays displayed.
@@ -109,11 +159,11 @@ def show(
     with stream:
         iterator: Iterator[str] = iter(stream)
         try:
-            for _ in iterator:
-                live.update(stream.text)
+            for text in iterator:
+                live.delta(text, stream)
         finally:
-            live.update(stream.text, final=True)
-    return Completion.of(stream)
+            live.final(stream)
+    return Shown.of_shown(stream)
 
 
 async def ashow(
@@ -142,8 +192,8 @@ async def ashow(
     async with stream:
         iterator: AsyncIterator[str] = stream.__aiter__()
         try:
-            async for _ in iterator:
-                live.update(stream.text)
+            async for text in iterator:
+                live.delta(text, stream)
         finally:
-            live.update(stream.text, final=True)
-    return Completion.of(stream)
+            live.final(stream)
+    return Shown.of_shown(stream)

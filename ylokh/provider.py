@@ -11,11 +11,12 @@ and ``Origin``/``Referer`` name :attr:`Ylokh.url`. Setting names among the kwarg
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any
 
 from ._base import SETTING_NAMES
 from ._protocol import SEED_DEFAULTS, SEED_URL
+from ._stats import Stats
 
 __all__ = ["Ylokh"]
 
@@ -31,10 +32,16 @@ def _payload(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 class _AsyncResult:
     """What ``create_async_generator`` returns: iterate it directly with ``async for``,
-    or ``await`` it first (the seed's own example does) to get the iterator."""
+    or ``await`` it first (the seed's own example does) to get the iterator.
 
-    def __init__(self, iterator: AsyncIterator[str]) -> None:
+    It closes like the async generator it stands for (``aclose()``, so
+    ``contextlib.aclosing(...)`` works), which closes the HTTP response at once.
+    """
+
+    def __init__(self, iterator: AsyncGenerator[str, None]) -> None:
         self._iterator = iterator
+        #: The answer's :class:`ylokh.Stats`, once the request has started.
+        self.stats: Stats | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._iterator
@@ -42,11 +49,38 @@ class _AsyncResult:
     async def __anext__(self) -> str:
         return await self._iterator.__anext__()
 
+    async def aclose(self) -> None:
+        """Stop the answer and close its response (nothing happens if it has ended)."""
+        await self._iterator.aclose()
+
+    async def asend(self, value: None) -> str:
+        """As an async generator's ``asend``: the next text."""
+        return await self._iterator.asend(value)
+
+    async def athrow(self, error: BaseException) -> str:
+        """As an async generator's ``athrow``: raise ``error`` inside the answer."""
+        return await self._iterator.athrow(error)
+
     def __await__(self) -> Generator[Any, None, AsyncIterator[str]]:
         async def itself() -> AsyncIterator[str]:
             return self._iterator
 
         return itself().__await__()
+
+
+class _Result:
+    """What ``create_completion`` returns: an iterator of text with the answer's ``stats``."""
+
+    def __init__(self, iterator: Iterator[str], stats: Stats) -> None:
+        self._iterator = iterator
+        #: The answer's :class:`ylokh.Stats`.
+        self.stats = stats
+
+    def __iter__(self) -> _Result:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._iterator)
 
 
 class Ylokh:
@@ -76,24 +110,28 @@ class Ylokh:
 
         options = _payload(kwargs)
 
-        async def generate() -> AsyncIterator[str]:
+        async def generate() -> AsyncGenerator[str, None]:
             client = _default_async_client()
             if stream:
                 async with client.stream(
                     messages, model=model, proxy=proxy, timeout=timeout, **options
                 ) as answer:
+                    result.stats = answer.stats
                     async for text in answer:
                         yield text
             else:
-                yield await client.complete(
+                completion = await client.complete(
                     messages, model=model, proxy=proxy, timeout=timeout, **options
                 )
+                result.stats = completion.stats
+                yield completion
 
         # validate now, so bad input fails before any traffic and before iteration
         from ._protocol import validate_messages
 
         validate_messages(messages)
-        return _AsyncResult(generate())
+        result = _AsyncResult(generate())
+        return result
 
     @classmethod
     def create_completion(
@@ -113,10 +151,12 @@ class Ylokh:
         options = _payload(kwargs)
         client = _default_client()
         if not stream:
-            return iter(
-                [client.complete(messages, model=model, proxy=proxy, timeout=timeout, **options)]
+            completion = client.complete(
+                messages, model=model, proxy=proxy, timeout=timeout, **options
             )
-        return iter(client.stream(messages, model=model, proxy=proxy, timeout=timeout, **options))
+            return _Result(iter([completion]), completion.stats)
+        answer = client.stream(messages, model=model, proxy=proxy, timeout=timeout, **options)
+        return _Result(iter(answer), answer.stats)
 
     @classmethod
     def params(cls) -> str:

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from parsing import Parser as ResponseParser
 
 import ylokh
-from ylokh._protocol import ResponseParser
 
 pytestmark = pytest.mark.interop
 

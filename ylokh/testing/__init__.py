@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from ._app import FAULT_FIELD, FAULT_HEADER, RecordedRequest, make_app, split_words
 from ._fault import Fault
+from ._latency import Latency
 from ._server import Server, serve
 
 __all__ = [
     "FAULT_FIELD",
     "FAULT_HEADER",
     "Fault",
+    "Latency",
     "RecordedRequest",
     "Server",
     "make_app",

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._fault import Fault
-from ._server import serve
+from .._server_flags import add_server_flags, run_server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,28 +14,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m ylokh.testing",
         description="Run the ylokh OpenAI-compatible test server (deterministic echo answers).",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000, 0 = any)")
-    parser.add_argument("--fault", default=None, help='default fault spec, e.g. "status=503"')
-    parser.add_argument("--chunks", type=int, default=None, help="exact number of content chunks")
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds between chunks")
-    parser.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
-    parser.add_argument("--model", default="ylokh-echo", help="model name to report")
-    args = parser.parse_args(argv)
-    try:
-        Fault.parse(args.fault)
-    except ValueError as exc:
-        parser.error(str(exc))
-    serve(
-        args.host,
-        args.port,
-        fault=args.fault,
-        chunks=args.chunks,
-        delay=args.delay,
-        api_key=args.api_key,
-        model=args.model,
-    )
-    return 0
+    add_server_flags(parser)
+    return run_server(parser, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

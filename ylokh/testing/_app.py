@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import re
 import socket
 import struct
@@ -23,7 +24,9 @@ from typing import Any
 
 from aiohttp import HttpVersion11, web
 
+from .._compat import close_delimited
 from ._fault import Fault
+from ._latency import Latency, llama_timings
 
 __all__ = ["FAULT_FIELD", "FAULT_HEADER", "RecordedRequest", "make_app"]
 
@@ -88,6 +91,7 @@ class _Options:
     delay: float
     api_key: str | None
     model: str
+    latency: Latency = field(default_factory=Latency)
 
 
 class _State:
@@ -101,6 +105,7 @@ class _State:
         self.connections = 0
         self.stopping = False
         self.ids = itertools.count(1)
+        self.rng = random.Random(0)  # latency jitter: varied, but the same run to run
 
     def record(self, rec: RecordedRequest) -> None:
         with self.lock:
@@ -122,6 +127,13 @@ class _Pause:
     seconds: float
 
 
+@dataclass(frozen=True)
+class _At:
+    """Wait until this many seconds after the request arrived (known latencies)."""
+
+    seconds: float
+
+
 class _Reset:
     """Abort the connection with an RST."""
 
@@ -132,7 +144,7 @@ class _Close:
 
 RESET = _Reset()
 CLOSE = _Close()
-_Op = bytes | _Pause | _Reset | _Close
+_Op = bytes | _Pause | _At | _Reset | _Close
 
 
 def _split_utf8(data: bytes) -> list[_Op]:
@@ -196,13 +208,6 @@ def _cut_in_half(ops: list[_Op]) -> tuple[list[_Op], int]:
 # --- Playing a response onto the socket --------------------------------------------------------
 
 
-class _CloseDelimitedResponse(web.StreamResponse):
-    """A response whose body ends when the connection closes (no length, no chunking)."""
-
-    # aiohttp would otherwise switch an HTTP/1.1 response without a length to chunked.
-    _length_check = False
-
-
 @dataclass
 class _Exchange:
     """One request being answered: where it came from and which fault applies."""
@@ -255,6 +260,7 @@ async def _play(
 ) -> web.StreamResponse:
     """Apply the connection-level faults to ops and write them; return the response to finish."""
     fault = ex.fault
+    arrived = asyncio.get_running_loop().time()
     # Returned when the connection is already gone: aiohttp's own writes then fail quietly.
     dead = web.Response()
     if fault.reset:
@@ -280,11 +286,9 @@ async def _play(
     if framing == "chunked" and ex.request.version < HttpVersion11:
         framing = "close"  # HTTP/1.0 has no chunked encoding
 
-    resp = (
-        _CloseDelimitedResponse(status=status)
-        if framing == "close"
-        else web.StreamResponse(status=status)
-    )
+    resp = web.StreamResponse(status=status)
+    if framing == "close":
+        close_delimited(resp)  # the one private switch, isolated in ylokh._compat
     if content_type is not None:
         resp.headers["Content-Type"] = content_type
     if fault.gzip:
@@ -320,6 +324,11 @@ async def _play(
                     await writer.drain()
             elif isinstance(op, _Pause):
                 if not await ex.wait(op.seconds):
+                    ex.abort()
+                    return resp
+            elif isinstance(op, _At):
+                due = arrived + op.seconds - asyncio.get_running_loop().time()
+                if due > 0 and not await ex.wait(due):
                     ex.abort()
                     return resp
             elif isinstance(op, _Reset):
@@ -412,6 +421,7 @@ class _Answer:
     include_usage: bool
     id: str
     created: int
+    timings: dict[str, Any] | None = None
 
     @classmethod
     def build(cls, payload: dict[str, Any], ex: _Exchange) -> _Answer:
@@ -512,10 +522,13 @@ class _StreamPlan:
 
     _DELTA = "\x00delta\x00"
 
-    def __init__(self, answer: _Answer, fault: Fault, delay: float) -> None:
+    def __init__(
+        self, answer: _Answer, fault: Fault, delay: float, due: list[float] | None = None
+    ) -> None:
         self.answer = answer
         self.fault = fault
         self.delay = delay
+        self.due = due or []  # known latencies: when each content chunk is due
         self.eol = fault.eol
         self.sep = fault.eol if fault.single_newline else fault.eol * 2
         self.prefix = "data:" if fault.no_space else "data: "
@@ -575,7 +588,10 @@ class _StreamPlan:
                 if fault.null_content:
                     events.append(("filler", self.delta({"content": None})))
         if not fault.no_finish:
-            events.append(("post", _dumps(self._chunk({}, answer.finish_reason))))
+            last = self._chunk({}, answer.finish_reason)
+            if answer.timings is not None:
+                last["timings"] = answer.timings  # as llama.cpp's server sends them
+            events.append(("post", _dumps(last)))
         if answer.include_usage or fault.usage_chunk:
             usage = {**self._chunk({}, None), "choices": [], "usage": answer.usage()}
             events.append(("post", _dumps(usage)))
@@ -628,6 +644,8 @@ class _StreamPlan:
                     return self.ops
                 else:  # truncate: end the body cleanly right here
                     return self.ops
+            if kind == "content" and content < len(self.due):
+                self.ops.append(_At(self.due[content]))
             self.emit(data)
             if kind == "content":
                 content += 1
@@ -712,9 +730,24 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         ops: list[_Op] = _split_utf8(body) if fault.split_utf8 else [body]
         return await _play(ex, 200, content_type, ops, "length")
     delay = fault.delay if fault.delay is not None else options.delay
-    ops = _StreamPlan(answer, fault, delay).build()
+    latency = _latency(fault, options.latency)
+    due = latency.schedule(len(answer.pieces), ex.state.rng) if latency.active else None
+    if fault.timings:
+        answer.timings = llama_timings(answer.prompt_tokens, len(answer.pieces), latency)
+    ops = _StreamPlan(answer, fault, delay, due).build()
     sse_headers = (("Cache-Control", "no-cache"),)
     return await _play(ex, 200, "text/event-stream", ops, "chunked", sse_headers)
+
+
+def _latency(fault: Fault, default: Latency) -> Latency:
+    """The server's latencies with the fault's overrides (``ttft=``, ``itl=``, ``jitter=``)."""
+    if fault.ttft is None and fault.itl is None and fault.jitter is None:
+        return default
+    return Latency(
+        default.ttft if fault.ttft is None else fault.ttft,
+        default.itl if fault.itl is None else fault.itl,
+        default.jitter if fault.jitter is None else fault.jitter,
+    )
 
 
 async def _models(request: web.Request) -> web.StreamResponse:
@@ -753,18 +786,25 @@ def make_app(
     delay: float = 0.0,
     api_key: str | None = None,
     model: str = "ylokh-echo",
+    ttft: float = 0.0,
+    itl: float = 0.0,
+    jitter: float = 0.0,
 ) -> web.Application:
-    """Build the aiohttp application (for ``web.run_app`` or an aiohttp test client)."""
+    """Build the aiohttp application (for ``web.run_app`` or an aiohttp test client).
+
+    ``ttft``, ``itl`` and ``jitter`` give every streamed answer known latencies (see
+    :class:`~ylokh.testing.Latency`)."""
     if chunks is not None and chunks < 0:
         raise ValueError(f"chunks must not be negative, got {chunks}")
     if delay < 0:
         raise ValueError(f"delay must not be negative, got {delay}")
-    options = _Options(Fault.parse(fault), chunks, delay, api_key, model)
+    latency = Latency(ttft, itl, jitter)
+    options = _Options(Fault.parse(fault), chunks, delay, api_key, model, latency)
     app = web.Application()
     app[STATE] = _State(options)
-    for prefix in ("/v1", ""):
-        app.router.add_post(f"{prefix}/chat/completions", _chat)
-        app.router.add_get(f"{prefix}/models", _models)
+    # Only under /v1, as real servers: a base URL missing its /v1 must fail here too (404).
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_get("/v1/models", _models)
     app.router.add_route("*", "/{tail:.*}", _not_found)
     app.on_shutdown.append(_on_shutdown)
     return app

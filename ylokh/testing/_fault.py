@@ -38,6 +38,7 @@ class Fault:
         long-line=N  gzip  framing=chunked|length|close
         usage-chunk  no-role  null-content  single-newline  no-space  extra-fields
         reasoning  tools  no-done  no-finish  delay=S  chunks=N
+        ttft=S  itl=S  jitter=F  timings
     """
 
     spec: str = ""
@@ -86,6 +87,11 @@ class Fault:
     # Per-request overrides of the server options.
     delay: float | None = None
     chunks: int | None = None
+    # Known latencies (see _latency.py) and llama.cpp's timings object in the last chunk.
+    ttft: float | None = None
+    itl: float | None = None
+    jitter: float | None = None
+    timings: bool = False
 
     def __str__(self) -> str:
         return self.spec
@@ -257,4 +263,8 @@ _ITEMS: dict[str, tuple[str, Callable[[str, str | None], Any]]] = {
     "no-finish": ("no_finish", _flag),
     "delay": ("delay", _seconds),
     "chunks": ("chunks", _count),
+    "ttft": ("ttft", _seconds),
+    "itl": ("itl", _seconds),
+    "jitter": ("jitter", _seconds),
+    "timings": ("timings", _flag),
 }

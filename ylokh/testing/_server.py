@@ -28,7 +28,8 @@ class Server:
     Use it as a context manager (``with Server() as srv`` or ``async with``); ``srv.base_url``
     is the ``/v1`` URL to point a client at. ``fault`` is the default fault spec for every
     request (see :class:`Fault`); ``chunks`` fixes the number of content chunks; ``delay`` is
-    the pause between chunks; ``api_key`` makes the server demand ``Authorization: Bearer``.
+    the pause between chunks; ``api_key`` makes the server demand ``Authorization: Bearer``;
+    ``ttft``, ``itl`` and ``jitter`` give streamed answers known latencies.
     """
 
     def __init__(
@@ -42,8 +43,14 @@ class Server:
         ssl: _ssl.SSLContext | None = None,
         api_key: str | None = None,
         model: str = "ylokh-echo",
+        ttft: float = 0.0,
+        itl: float = 0.0,
+        jitter: float = 0.0,
     ) -> None:
-        self._app = make_app(fault=fault, chunks=chunks, delay=delay, api_key=api_key, model=model)
+        self._app = make_app(
+            fault=fault, chunks=chunks, delay=delay, api_key=api_key, model=model,
+            ttft=ttft, itl=itl, jitter=jitter,
+        )  # fmt: skip
         self._state = self._app[STATE]
         self._host = host
         self._port = port
@@ -212,6 +219,9 @@ def serve(
     ssl: _ssl.SSLContext | None = None,
     api_key: str | None = None,
     model: str = "ylokh-echo",
+    ttft: float = 0.0,
+    itl: float = 0.0,
+    jitter: float = 0.0,
 ) -> None:
     """Run the server in the foreground until Ctrl-C (what ``ylokh serve`` calls)."""
     server = Server(
@@ -223,6 +233,9 @@ def serve(
         ssl=ssl,
         api_key=api_key,
         model=model,
+        ttft=ttft,
+        itl=itl,
+        jitter=jitter,
     )
     with server:
         print(

@@ -1,0 +1,392 @@
+"""The ``bench`` scenario: can ``ylokh bench``'s figures be trusted?
+
+    python -m benchmarks --scenarios bench [--quick]
+
+1. accuracy: the bundled server plays answers at known latencies (TTFT 200 ms, ITL 20 ms,
+   64 tokens) in its own process; ``ylokh.bench`` at concurrency 1, 16 and 64 must report
+   p50 TTFT and ITL within 5% of the truth and p99 within 10%. A hand-written aiohttp loop
+   measures the same server right after, so an error of the server (late on a loaded
+   machine) is told apart from an error of the bench.
+2. ceiling: chunks/s of ``ylokh.bench`` (all its bookkeeping) against the near-zero-latency
+   benchmark server, side by side with a hand-written aiohttp loop (``contenders.raw_aiohttp``,
+   parsing every event), interleaved in one run, 200-chunk answers, at several concurrencies.
+3. rate accuracy: ``--rate 50`` for 20 s against the bundled server: the achieved rate
+   within 2% of 50, and the send gaps exponential (Kolmogorov-Smirnov, with scipy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TTFT, ITL, TOKENS = 0.2, 0.02, 64
+
+
+class BundledServer:
+    """``python -m ylokh.testing`` in its own process (pinned to core 1 when asked)."""
+
+    def __init__(self, *flags: str, pin: bool) -> None:
+        cmd = [sys.executable, "-m", "ylokh.testing", "--port", "0", *flags]
+        if pin:
+            cmd = ["taskset", "-c", "1", *cmd]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        urls = [w for w in line.split() if w.startswith("http")]
+        if not urls:
+            self.proc.kill()
+            raise SystemExit(f"the bundled server did not start: {line!r}")
+        self.base_url = urls[0]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def _error(measured: float | None, truth: float) -> float:
+    return float("nan") if measured is None else (measured - truth) / truth
+
+
+async def _raw_latencies(base_url: str, concurrency: int, requests: int) -> dict[str, float]:
+    """TTFT and inter-token gaps as a hand-written aiohttp loop sees them (one timestamp
+    per read, as the bench): what the server did, measured without ylokh."""
+    import aiohttp
+
+    from ylokh.bench import percentile
+
+    ttfts: list[float] = []
+    gaps: list[float] = []
+    payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    url = base_url + "/chat/completions"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one() -> None:
+            start, last = time.monotonic(), None
+            async with session.post(url, json=payload) as response:
+                async for data in response.content.iter_any():
+                    now = time.monotonic()
+                    deltas = data.count(b'"content"')
+                    if deltas:
+                        if last is None:
+                            ttfts.append(now - start)
+                        else:
+                            gaps.append(now - last)
+                        gaps.extend([0.0] * (deltas - 1))
+                        last = now
+
+        count = iter(range(requests))
+
+        async def worker() -> None:
+            for _ in count:
+                await one()
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))  # warm: open connections
+        ttfts.clear()
+        gaps.clear()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {
+        "ttft_s_p50": percentile(ttfts, 50) or 0.0,
+        "ttft_s_p99": percentile(ttfts, 99) or 0.0,
+        "itl_s_p50": percentile(gaps, 50) or 0.0,
+        "itl_s_p99": percentile(gaps, 99) or 0.0,
+    }
+
+
+def accuracy(quick: bool, pin: bool) -> dict[str, Any]:
+    """Reported TTFT and ITL against the server's known latencies."""
+    import ylokh.bench
+
+    flags = ["--tokens", str(TOKENS), "--ttft", str(TTFT), "--itl", str(ITL)]
+    server = BundledServer(*flags, pin=pin)
+    levels: dict[str, Any] = {}
+    try:
+        for concurrency, requests in ((1, 6 if quick else 30), (16, 32 if quick else 128),
+                                      (64, 64 if quick else 256)):  # fmt: skip
+            result = ylokh.bench.run(
+                server.base_url, concurrency=concurrency, requests=requests, warmup=4,
+                max_tokens=TOKENS, calibrate=False, progress=False,
+            )  # fmt: skip
+            doc = result.to_dict()["levels"][0]
+            row: dict[str, Any] = {"requests": requests, "ok": doc["ok"]}
+            for key, truth in (("ttft_s", TTFT), ("itl_s", ITL)):
+                for stat in ("p50", "p99"):
+                    row[f"{key}_{stat}"] = doc[key][stat]
+                    row[f"{key}_{stat}_error"] = _error(doc[key][stat], truth)
+            row["raw aiohttp"] = asyncio.run(_raw_latencies(server.base_url, concurrency, requests))
+            row["client_bound"] = doc["client_bound"]
+            row["lag_p99_ms"] = result.levels[0].lag_p99 * 1000
+            row["ok_p50"] = all(abs(row[f"{k}_p50_error"]) <= 0.05 for k in ("ttft_s", "itl_s"))
+            row["ok_p99"] = all(abs(row[f"{k}_p99_error"]) <= 0.10 for k in ("ttft_s", "itl_s"))
+            levels[str(concurrency)] = row
+    finally:
+        server.close()
+    return {"truth": {"ttft_s": TTFT, "itl_s": ITL, "tokens": TOKENS}, "levels": levels}
+
+
+async def _bench_rate(base_url: str, concurrency: int, requests: int, chunks: int) -> float:
+    import ylokh.bench
+
+    result = await ylokh.bench.arun(
+        base_url, model="gemma", concurrency=concurrency, requests=requests, warmup=0,
+        max_tokens=chunks, calibrate=False, progress=False,
+    )  # fmt: skip
+    level = result.levels[0]
+    if level.ok != requests:
+        raise SystemExit(f"bench: {level.errors}")
+    return level.chunk_rate
+
+
+async def _aiohttp_rate(base_url: str, concurrency: int, requests: int, chunks: int) -> float:
+    from .contenders import raw_aiohttp
+
+    contender = raw_aiohttp(base_url)
+    count = itertools.count()
+    got = [0]
+
+    async def worker() -> None:
+        while next(count) < requests:
+            text = await contender.consume(chunks)
+            got[0] += chunks if text else 0
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, 8))))  # warm up
+        count = itertools.count()
+        got[0] = 0
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        spent = time.perf_counter() - start
+    finally:
+        await contender.close()
+    return got[0] / spent
+
+
+def ceiling(base_url: str, quick: bool, rounds: int) -> dict[str, Any]:
+    """The bench's chunk rate against the hand-written aiohttp loop, interleaved."""
+    import statistics
+
+    chunks = 200
+    out: dict[str, Any] = {"chunks": chunks, "levels": {}}
+    for concurrency in (1, 16, 64) if quick else (1, 16, 64, 256):
+        requests = max(concurrency * 2, 8) if quick else max(concurrency * 4, 40)
+        runs: dict[str, list[float]] = {"ylokh bench": [], "raw aiohttp": []}
+        for r in range(rounds):
+            order = list(runs) if r % 2 == 0 else list(reversed(runs))
+            for name in order:
+                run = _bench_rate if name == "ylokh bench" else _aiohttp_rate
+                runs[name].append(asyncio.run(run(base_url, concurrency, requests, chunks)))
+        ratio = statistics.median(
+            b / a for b, a in zip(runs["ylokh bench"], runs["raw aiohttp"], strict=True)
+        )
+        out["levels"][str(concurrency)] = {
+            "requests": requests,
+            "ylokh bench": statistics.median(runs["ylokh bench"]),
+            "raw aiohttp": statistics.median(runs["raw aiohttp"]),
+            "vs_raw": ratio,
+            "runs": runs,
+        }
+    return out
+
+
+def rate_accuracy(quick: bool, pin: bool) -> dict[str, Any]:
+    """``rate=50`` for 20 s: the achieved rate and a KS test of the send gaps."""
+    import ylokh.bench
+
+    rate, seconds = 50.0, 5.0 if quick else 20.0
+    server = BundledServer(pin=pin)
+    try:
+        result = ylokh.bench.run(
+            server.base_url, rate=rate, duration=seconds, warmup=2, calibrate=False,
+            progress=False,
+        )  # fmt: skip
+    finally:
+        server.close()
+    level = result.levels[0]
+    sends = level.send_times
+    send_rate = (len(sends) - 1) / (sends[-1] - sends[0])
+    out: dict[str, Any] = {
+        "rate": rate,
+        "seconds": seconds,
+        "requests": len(level.samples),
+        "ok": level.ok,
+        "request_rate": level.request_rate,
+        "request_rate_error": level.request_rate / rate - 1,
+        "send_rate": send_rate,
+        "send_rate_error": send_rate / rate - 1,
+        "lag_p99_ms": level.lag_p99 * 1000,
+    }
+    try:
+        from scipy import stats
+    except ImportError:
+        out["ks_pvalue"] = None
+    else:
+        gaps = [b - a for a, b in itertools.pairwise(sends)]
+        out["ks_pvalue"] = float(stats.kstest(gaps, "expon", args=(0, 1 / rate)).pvalue)
+    out["ok_rate"] = abs(out["request_rate_error"]) <= 0.02
+    return out
+
+
+def _run_json(cmd: list[str], path: Path) -> Any:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=path.parent, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{cmd[0]} failed: {proc.stderr[-500:] or proc.stdout[-500:]}")
+    return json.loads(path.read_text())
+
+
+def external(quick: bool, rounds: int, pin: bool) -> dict[str, Any] | None:
+    """``ylokh bench`` side by side with AIPerf and guidellm on the same server, interleaved.
+
+    Runs only when ``YLOKH_BENCH_AIPERF`` and/or ``YLOKH_BENCH_GUIDELLM`` name their
+    executables (each in a venv of its own) and ``YLOKH_BENCH_TOKENIZER`` a local Hugging
+    Face tokenizer folder (offline, AIPerf and guidellm need one; the server's usage gives
+    the counts). The server is the bundled one (200-chunk answers with usage), pinned to
+    core 1; every client is a process pinned to core 0 (inherited).
+    """
+    import json
+    import statistics
+    import tempfile
+
+    aiperf = os.environ.get("YLOKH_BENCH_AIPERF")
+    guidellm = os.environ.get("YLOKH_BENCH_GUIDELLM")
+    tokenizer = os.environ.get("YLOKH_BENCH_TOKENIZER")
+    if not tokenizer or not (aiperf or guidellm):
+        return None
+    server = BundledServer("--tokens", "200", pin=pin)
+    root = server.base_url.removesuffix("/v1")
+    work = Path(tempfile.mkdtemp(prefix="ylokh-bench-"))
+    (work / "a.jsonl").write_text('{"text": "hello world"}\n' * 50)
+    (work / "g.jsonl").write_text('{"prompt": "hello world"}\n' * 50)
+    out: dict[str, Any] = {"chunks": 200, "levels": {}}
+
+    def ylokh_bench(c: int, n: int) -> tuple[float, float]:
+        path = work / "y.json"
+        cmd = [sys.executable, "-m", "ylokh", "bench", "--base-url", server.base_url,
+               "--concurrency", str(c), "--requests", str(n), "--max-tokens", "200",
+               "--json", str(path)]  # fmt: skip
+        level = _run_json(cmd, path)["levels"][0]
+        return level["output_token_rate"], float(c)
+
+    def run_aiperf(c: int, n: int) -> tuple[float, float]:
+        assert aiperf is not None
+        art = work / f"aiperf-{c}"
+        cmd = [aiperf, "profile", "--model", "ylokh-echo", "--tokenizer", str(tokenizer),
+               "--url", root, "--endpoint-type", "chat", "--streaming", "--concurrency",
+               str(c), "--request-count", str(n), "--use-server-token-count",
+               "--input-file", str(work / "a.jsonl"), "--custom-dataset-type", "single_turn",
+               "--ui-type", "none", "--artifact-dir", str(art)]  # fmt: skip
+        doc = _run_json(cmd, art / "profile_export_aiperf.json")
+        return doc["output_token_throughput"]["avg"], float("nan")
+
+    def run_guidellm(c: int, n: int) -> tuple[float, float]:
+        assert guidellm is not None
+        path = work / "g.json"
+        cmd = [guidellm, "run", "--backend",
+               f"kind=openai_http,target={root},model={tokenizer},validate_backend=false",
+               "--profile", f"kind=concurrent,streams={c}", "--constraint",
+               f"kind=max_requests,count={n}", "--data", f"kind=json_file,path={work / 'g.jsonl'}",
+               "--disable-console", "--output", f"kind=json,path={path}"]  # fmt: skip
+        metrics = _run_json(cmd, path)["benchmarks"][0]["metrics"]
+        return (
+            metrics["output_tokens_per_second"]["successful"]["mean"],
+            metrics["request_concurrency"]["successful"]["mean"],
+        )
+
+    tools: dict[str, Any] = {"ylokh bench": ylokh_bench}
+    if aiperf:
+        tools["aiperf"] = run_aiperf
+    if guidellm:
+        tools["guidellm"] = run_guidellm
+    try:
+        for c in (16, 64) if quick else (1, 16, 64, 256):
+            n = max(4 * c, 100)
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in tools}
+            for r in range(max(rounds // 2, 1)):
+                names = list(tools)
+                for name in names[r % len(names) :] + names[: r % len(names)]:
+                    try:
+                        runs[name].append(tools[name](c, n))
+                    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+                        out.setdefault("errors", []).append(f"{name} c={c}: {exc}")
+            row: dict[str, Any] = {"requests": n}
+            for name, got in runs.items():
+                if got:
+                    row[name] = statistics.median(g[0] for g in got)
+                    row[f"{name} concurrency"] = statistics.median(g[1] for g in got)
+            others = [row[k] for k in ("aiperf", "guidellm") if k in row]
+            if "ylokh bench" in row and others:
+                row["vs_best_other"] = row["ylokh bench"] / max(others)
+            out["levels"][str(c)] = row
+    finally:
+        server.close()
+    json.dumps(out)  # plain data only
+    return out
+
+
+def scenario_bench(base_url: str, quick: bool, rounds: int, pin: bool) -> dict[str, Any]:
+    """All measurements; ``base_url`` is the benchmark server (near-zero latency)."""
+    return {
+        "accuracy": accuracy(quick, pin),
+        "ceiling": ceiling(base_url, quick, rounds),
+        "rate": rate_accuracy(quick, pin),
+        "external": external(quick, rounds, pin),
+    }
+
+
+def table(res: dict[str, Any]) -> str:
+    """The scenario's figures as text."""
+    lines = ["bench accuracy (truth: TTFT 200 ms, ITL 20 ms, 64 tokens)"]
+    lines.append("  c     ttft p50  err    ttft p99  err    itl p50  err    itl p99  err    ok")
+    for c, row in res["accuracy"]["levels"].items():
+        cells = [f"  {c:<4}"]
+        for key in ("ttft_s_p50", "ttft_s_p99", "itl_s_p50", "itl_s_p99"):
+            cells.append(f"{row[key] * 1000:7.1f}  {row[key + '_error']:+6.1%}")
+        verdict = "yes" if row["ok_p50"] and row["ok_p99"] else "NO"
+        bound = " (client-bound)" if row["client_bound"] else ""
+        lines.append("  ".join(cells) + f"  {verdict}{bound}")
+        raw = row.get("raw aiohttp")
+        if raw:
+            cells = ["  raw "]
+            for key in ("ttft_s_p50", "ttft_s_p99", "itl_s_p50", "itl_s_p99"):
+                cells.append(f"{raw[key] * 1000:7.1f}  {raw[key] / row[key] - 1:+6.1%}")
+            lines.append("  ".join(cells) + "  (hand-written aiohttp loop; err vs the bench)")
+    lines.append("bench ceiling (chunks/s, 200-chunk answers, interleaved)")
+    for c, row in res["ceiling"]["levels"].items():
+        lines.append(
+            f"  c={c:<4} ylokh bench {row['ylokh bench']:>9,.0f}   raw aiohttp "
+            f"{row['raw aiohttp']:>9,.0f}   ratio {row['vs_raw']:.2f}x"
+        )
+    ext = res.get("external")
+    if ext:
+        lines.append(
+            "ylokh bench vs AIPerf / guidellm (output tokens/s, bundled server, 200 chunks)"
+        )
+        for c, row in ext["levels"].items():
+            cells = [f"  c={c:<4}"]
+            for name in ("ylokh bench", "aiperf", "guidellm"):
+                if name in row:
+                    cells.append(f"{name} {row[name]:>9,.0f}")
+            if "guidellm concurrency" in row:
+                cells.append(f"(guidellm kept {row['guidellm concurrency']:.1f} in flight)")
+            if "vs_best_other" in row:
+                cells.append(f"ratio {row['vs_best_other']:.1f}x")
+            lines.append("   ".join(cells))
+        for error in ext.get("errors", []):
+            lines.append(f"  error: {error[:200]}")
+    r = res["rate"]
+    ks = "n/a (no scipy)" if r["ks_pvalue"] is None else f"{r['ks_pvalue']:.3f}"
+    lines.append(
+        f"bench rate {r['rate']:g}/s for {r['seconds']:g} s: achieved {r['request_rate']:.2f}/s "
+        f"({r['request_rate_error']:+.1%}), sends {r['send_rate']:.2f}/s "
+        f"({r['send_rate_error']:+.1%}), KS p={ks}"
+    )
+    return "\n".join(lines)

@@ -8,7 +8,8 @@ Which test pins which defect of issue 9:
 ==  ====================================================================================
  1  test_an_event_stream_labelled_json_yields_its_deltas
  2  test_control_characters_are_refused_before_any_traffic,
-    test_surrounding_whitespace_is_stripped_from_the_key_and_it_never_shows
+    test_surrounding_whitespace_is_stripped_from_the_key_and_it_never_shows,
+    test_a_key_read_from_a_file_never_shows_in_the_cli_line
  3  test_a_per_call_proxy_is_honoured, test_a_proxy_without_a_host_is_refused,
     test_a_proxy_without_a_scheme_means_http_on_both_faces,
     test_a_failing_proxy_is_named_not_the_target, test_a_missing_socks_extra_gives_the_hint
@@ -19,6 +20,7 @@ Which test pins which defect of issue 9:
  6  test_a_retry_after_that_is_not_a_finite_number_is_ignored,
     test_a_nan_retry_after_does_not_stall_the_call
  7  test_total_timeout_holds_when_the_head_arrives_late
+--  test_the_first_token_timeout_is_named_and_retried (SPEC: Timeout(first_token=))
  8  test_a_stream_ends_at_done_while_the_server_keeps_the_body_open
  9  test_one_event_of_many_data_lines_is_bounded
 10  test_secrets_are_redacted_in_every_encoding
@@ -49,7 +51,8 @@ what the server sends                          outcome                      requ
 =============================================  ===========================  ========
 200 event stream, ``Content-Encoding: gzip``,  ProtocolError (body cannot   1
 a body that is not gzip                        be decoded)
-a status line that is not HTTP                 ProtocolError                1
+a status line that is not HTTP                 ProtocolError, quoting the   1
+                                               line received
 ``event: error`` with data that is not JSON    ServerError (500), the data  1
                                                quoted in the message
 Content-Length shorter than the body (the      IncompleteStreamError with   1
@@ -69,6 +72,11 @@ iterating a stream again after ``break``       yields nothing more, no      1
 a header value that is not latin-1, a header   InvalidRequestError          0
 name holding ``": "``
 =============================================  ===========================  ========
+
+Malformed chunked bodies (defect 5), with ``max_retries=2`` and ``read=1``: a chunk size
+that is not hex, LF-only framing, a size line that never ends, chunk data without its CRLF
+-> ProtocolError, 1 request; a size larger than the data, then a stall -> APITimeoutError
+after the read timeout. Text already received is kept (``IncompleteStreamError.partial``).
 """
 
 from __future__ import annotations
@@ -232,6 +240,25 @@ def test_surrounding_whitespace_is_stripped_from_the_key_and_it_never_shows(
         assert SECRET not in text, text
 
 
+def test_a_key_read_from_a_file_never_shows_in_the_cli_line(server: Server) -> None:
+    """The CLI (sync by nature) with ``--api-key "$(cat key.txt)"``-style input that kept
+    its newline, and a server that echoes it: one clear line, exit 1, no key."""
+    server.script(["status=401;echo-auth"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("YLOKH_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    env["YLOKH_API_KEY"] = SECRET + "\n"
+    result = subprocess.run(
+        [sys.executable, "-m", "ylokh", "chat", "--base-url", server.base_url, "hello"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "401" in result.stderr and SECRET not in result.stdout + result.stderr
+    assert [r.headers["authorization"] for r in server.requests] == [f"Bearer {SECRET}"]
+
+
 # -- 3: proxies behave the same on both faces, per client and per call -------------------------
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[Proxy]:
@@ -251,26 +278,22 @@ def shared_server() -> Iterator[Server]:
 @pytest.mark.parametrize("scheme", ["http", "socks5"])
 @pytest.mark.parametrize("where", ["client", "call"])
 def test_a_per_call_proxy_is_honoured(
-    face: Any, shared_server: Server, proxy: Proxy, scheme: str, where: str
+    face: Any, server: Server, proxy: Proxy, scheme: str, where: str
 ) -> None:
-    before = len(proxy.forwarded(shared_server.port, within=0))
+    """``server`` is this test's own target, so only this test's request can be logged."""
     if where == "client":
-        client = face.client(
-            base_url=shared_server.base_url, proxy=proxy.url(scheme), max_retries=0
-        )
+        client = face.client(base_url=server.base_url, proxy=proxy.url(scheme), max_retries=0)
         out = face.stream("through the proxy", client=client)
     else:
-        client = face.client(base_url=shared_server.base_url, max_retries=0)
+        client = face.client(base_url=server.base_url, max_retries=0)
         out = face.stream("through the proxy", client=client, proxy=proxy.url(scheme))
     assert out.error is None and out.text == "through the proxy"
-    lines = proxy.forwarded(shared_server.port)
-    assert len(lines) >= before + 1, proxy.log[-3:]
-    assert lines[-1].startswith(scheme), lines[-1]
+    lines = proxy.forwarded(server.port, count=1)
+    assert len(lines) == 1 and lines[0].startswith(scheme), (lines, proxy.log[-3:])
 
 
-def test_a_per_call_socks_proxy_on_the_seed_provider(shared_server: Server, proxy: Proxy) -> None:
+def test_a_per_call_socks_proxy_on_the_seed_provider(server: Server, proxy: Proxy) -> None:
     """The seed's ``create_async_generator(proxy=)`` goes through the proxy too."""
-    before = len(proxy.forwarded(shared_server.port, within=0))
 
     async def go() -> str:
         parts = []
@@ -278,14 +301,14 @@ def test_a_per_call_socks_proxy_on_the_seed_provider(shared_server: Server, prox
             "m",
             [{"role": "user", "content": "seed via socks"}],
             proxy=proxy.url("socks5"),
-            base_url=shared_server.base_url,
+            base_url=server.base_url,
         )
         async for text in gen:
             parts.append(text)
         return "".join(parts)
 
     assert asyncio.run(go()) == "seed via socks"
-    assert len(proxy.forwarded(shared_server.port)) >= before + 1
+    assert len(proxy.forwarded(server.port, count=1)) == 1
 
 
 @pytest.mark.parametrize("value", ["http://", "socks5://", "http://:8080"])
@@ -296,16 +319,13 @@ def test_a_proxy_without_a_host_is_refused(face: Any, raw: RawServer, value: str
 
 
 def test_a_proxy_without_a_scheme_means_http_on_both_faces(
-    face: Any, shared_server: Server, proxy: Proxy
+    face: Any, server: Server, proxy: Proxy
 ) -> None:
-    before = len(proxy.forwarded(shared_server.port, within=0))
-    client = face.client(
-        base_url=shared_server.base_url, proxy=f"127.0.0.1:{proxy.port}", max_retries=0
-    )
+    client = face.client(base_url=server.base_url, proxy=f"127.0.0.1:{proxy.port}", max_retries=0)
     out = face.stream("no scheme", client=client)
     assert out.error is None and out.text == "no scheme"
-    lines = proxy.forwarded(shared_server.port)
-    assert len(lines) >= before + 1 and lines[-1].startswith("http"), lines[-1:]
+    lines = proxy.forwarded(server.port, count=1)
+    assert len(lines) == 1 and lines[0].startswith("http"), lines
 
 
 @pytest.mark.parametrize("scheme", ["http", "socks5"])
@@ -382,30 +402,35 @@ def test_errors_pickle_with_their_class_and_attributes(
         assert isinstance(clone, IncompleteStreamError) and clone.partial == out.text != ""
 
 
-def test_every_error_class_pickles() -> None:
-    """Every class ylokh exposes (the ``Incomplete*`` variants included) round-trips."""
-    import ylokh._errors as errors
+def _all_subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_all_subclasses(sub)]
+    return list(dict.fromkeys(found))
 
-    classes = [
-        cls
-        for cls in vars(errors).values()
-        if isinstance(cls, type) and issubclass(cls, YlokhError)
-    ]
-    assert len(classes) >= 13
+
+def test_every_error_class_pickles() -> None:
+    """Every error class of the library (found as subclasses, wherever they live, the
+    ``Incomplete*`` variants included) round-trips with its class, message and state."""
+    classes = [YlokhError, *_all_subclasses(YlokhError)]
+    classes = [c for c in classes if c.__module__.split(".")[0] == "ylokh"]
+    made = 0
     for cls in classes:
-        if issubclass(cls, APIStatusError):
-            error: YlokhError = cls("the message", status_code=418, body="b", retry_after=1.5)
-        else:
-            error = cls("the message")
+        try:
+            if issubclass(cls, APIStatusError):
+                error: YlokhError = cls("m", status_code=418, body="b", retry_after=1.5)
+            else:
+                error = cls("the message")
+        except TypeError:  # an internal class with its own constructor: not built here
+            assert cls.__name__ not in ylokh.__all__, cls
+            continue
+        made += 1
         if issubclass(cls, IncompleteStreamError):
             error.partial = "partial text"  # type: ignore[attr-defined]
         clone = pickle.loads(pickle.dumps(error))
         assert type(clone) is cls and str(clone) == str(error), cls
         assert vars(clone) == vars(error), cls
-    wrapped = errors.with_partial(ServerError("boom", status_code=502), "so far")
-    clone = pickle.loads(pickle.dumps(wrapped))
-    assert type(clone) is type(wrapped) and clone.partial == "so far"
-    assert isinstance(clone, ServerError) and clone.status_code == 502
+    assert made >= 13, made
 
 
 # -- 5: malformed chunked bodies ----------------------------------------------------------------
@@ -414,53 +439,77 @@ EV2 = chunk_event("lo")
 TAIL = chunk_event(finish="stop") + DONE
 CHUNKED_HEAD = head(chunked=True)
 
+PAUSE = 0.2  # the body comes a little after the head, as from a server that generates it
 MALFORMED_CHUNKED = {
     # a chunk size that is not hex
-    "bad-size": [CHUNKED_HEAD, b"zz\r\n" + EV1 + b"\r\n", HOLD],
+    "bad-size": [CHUNKED_HEAD, PAUSE, b"zz\r\n" + EV1 + b"\r\n", HOLD],
+    # the same after a good chunk (with a pause between: aiohttp's C parser then waits for
+    # ever, its read timeout never fires)
+    "bad-size-after-a-chunk": [
+        CHUNKED_HEAD,
+        PAUSE,
+        chunked(EV1, end=False),
+        PAUSE,
+        b"zz\r\n" + EV2 + b"\r\n",
+        HOLD,
+    ],
     # a chunk size larger than the data, then a stall
-    "size-larger-than-data": [CHUNKED_HEAD, b"%x\r\n" % (len(EV1) + 4096) + EV1, HOLD],
+    "size-larger-than-data": [CHUNKED_HEAD, PAUSE, b"%x\r\n" % (len(EV1) + 4096) + EV1, HOLD],
     # framing with LF only
     "lf-only": [
         CHUNKED_HEAD,
+        PAUSE,
         b"".join(b"%x\n%s\n" % (len(p), p) for p in (EV1, EV2, TAIL)) + b"0\n\n",
         HOLD,
     ],
     # a size line that never ends
-    "endless-size-line": [CHUNKED_HEAD, b"1" * 200_000, HOLD],
+    "endless-size-line": [CHUNKED_HEAD, PAUSE, b"1" * 200_000, HOLD],
 }
 
 
-@pytest.mark.timeout(60)
+#: What each malformed body becomes: invalid framing is the server's protocol error (not
+#: retried); a chunk that promises more than arrives is a stall, so a read timeout.
+MALFORMED_OUTCOME: dict[str, type[YlokhError]] = {
+    "bad-size": ProtocolError,
+    "bad-size-after-a-chunk": ProtocolError,
+    "size-larger-than-data": APITimeoutError,
+    "lf-only": ProtocolError,
+    "endless-size-line": ProtocolError,
+}
+
+
+@pytest.mark.timeout(20)  # a hang (the defect) fails fast
 @pytest.mark.parametrize("case", sorted(MALFORMED_CHUNKED))
 def test_a_malformed_chunked_body_ends_with_a_ylokh_error_within_the_read_timeout(
     face: Any, raw: RawServer, case: str
 ) -> None:
     raw.scripts = [MALFORMED_CHUNKED[case]]
-    client = face.client(base_url=raw.base_url, timeout=Timeout(read=1), max_retries=0)
+    client = face.client(base_url=raw.base_url, timeout=Timeout(read=1), max_retries=2)
+    waits = face.record_sleeps(client)
     started = time.monotonic()
     out = face.stream("hi", client=client)
     elapsed = time.monotonic() - started
-    assert isinstance(out.error, (APIError, IncompleteStreamError)), repr(out.error)
+    assert isinstance(out.error, MALFORMED_OUTCOME[case]), repr(out.error)
     assert elapsed < 6, elapsed
-    if out.deltas:
+    if out.deltas:  # text reached the caller: kept, and nothing retried
         assert isinstance(out.error, IncompleteStreamError) and out.error.partial == out.text
-    if case == "size-larger-than-data":
-        assert isinstance(out.error, APITimeoutError), repr(out.error)
+    if case != "size-larger-than-data":  # a protocol error is not retried
+        assert len(raw.requests) == 1 and waits == [], (len(raw.requests), waits)
     assert raw.wait_closed(0, within=3) is not None  # the client let the connection go
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(20)
 def test_chunk_data_without_its_crlf_is_not_accepted(face: Any, raw: RawServer) -> None:
     """Each chunk's data must end with CRLF; a body that skips it is not a good answer,
     even when the sizes happen to line up with the bytes that follow."""
     framing = b"%x\r\n%s" % (len(EV1), EV1)  # no CRLF after the data
     framing += b"%x\r\n%s\r\n" % (len(EV2), EV2) + b"%x\r\n%s\r\n" % (len(TAIL), TAIL)
-    raw.scripts = [[CHUNKED_HEAD, framing + b"0\r\n\r\n", CLOSE]]
+    raw.scripts = [[CHUNKED_HEAD, PAUSE, framing + b"0\r\n\r\n", CLOSE]]
     client = face.client(base_url=raw.base_url, timeout=Timeout(read=1), max_retries=0)
     started = time.monotonic()
     out = face.stream("hi", client=client)
     assert time.monotonic() - started < 6
-    assert isinstance(out.error, (APIError, IncompleteStreamError)), (out.deltas, out.error)
+    assert isinstance(out.error, ProtocolError), (out.deltas, out.error)
     assert out.text != "Hello"
 
 
@@ -487,15 +536,17 @@ def test_malformed_chunked_bodies_without_aiohttp_extensions(tmp_path: Path) -> 
                     return "no error"
                 except ylokh.YlokhError as exc:
                     return "ylokh"
+                except asyncio.CancelledError:
+                    return "hangs"
                 except BaseException as exc:
-                    return f"raw {{type(exc).__module__}}.{{type(exc).__name__}}: {{exc}}"
+                    return f"raw {{type(exc).__module__}}.{{type(exc).__name__}}: {{str(exc)!r}}"
                 finally:
                     await client.aclose()
 
             for case, steps in sorted(test_seams.MALFORMED_CHUNKED.items()):
                 with RawServer([steps]) as server:
                     started = time.monotonic()
-                    outcome = asyncio.run(asyncio.wait_for(one(server), 20))
+                    outcome = asyncio.run(asyncio.wait_for(one(server), 10))
                     print(case, round(time.monotonic() - started, 1), outcome, flush=True)
             """
         )
@@ -557,6 +608,27 @@ def test_total_timeout_holds_when_the_head_arrives_late(face: Any, raw: RawServe
     assert "total" in str(out.error), str(out.error)
     assert 3.0 <= elapsed < 5.6, elapsed
     assert len(raw.requests) == 1
+
+
+@pytest.mark.timeout(60)
+def test_the_first_token_timeout_is_named_and_retried(face: Any, raw: RawServer) -> None:
+    """SPEC "Several endpoints": no text ``first_token`` s after sending abandons the call
+    (its connection closed) and retries it like a timeout before the body; the error names
+    the first-token timeout."""
+    role_only = chunk_event(None)  # a chunk without text: the head and bytes came, no token
+    raw.scripts = [[CHUNKED_HEAD, chunked(role_only, end=False), HOLD]]
+    client = face.client(
+        base_url=raw.base_url, timeout=Timeout(read=30, first_token=1), max_retries=1
+    )
+    waits = face.record_sleeps(client)
+    started = time.monotonic()
+    out = face.stream("hi", client=client)
+    elapsed = time.monotonic() - started
+    assert isinstance(out.error, APITimeoutError), repr(out.error)
+    assert "first-token" in str(out.error), str(out.error)
+    assert len(raw.requests) == 2 and len(waits) == 1
+    assert 1.5 <= elapsed < 8, elapsed
+    assert raw.wait_closed(0, within=3) is not None
 
 
 # -- 8: [DONE] ends the stream even when the body stays open -----------------------------------
@@ -755,7 +827,11 @@ SAME_BYTES: dict[str, tuple[list[Any], type[BaseException] | None, str]] = {
         ProtocolError,
         "",
     ),
-    "garbage-status-line": ([b"SSH-2.0-OpenSSH_9.6 garbage\r\n\r\n", CLOSE], ProtocolError, ""),
+    "garbage-status-line": (
+        [b"SSH-2.0-OpenSSH_9.6 garbage\r\n\r\n", CLOSE],
+        ProtocolError,
+        "SSH-2.0-OpenSSH_9.6",  # the message quotes what was received
+    ),
     "event-error-not-json": (
         [response(b"event: error\ndata: upstream exploded badly\n\n")],
         ServerError,
@@ -794,10 +870,7 @@ def test_the_same_bytes_give_the_same_outcome(
     face: Any, raw: RawServer, case: str, request: pytest.FixtureRequest
 ) -> None:
     if face.name == "async" and case in ASYNC_GAPS:
-        # not strict for the Content-Length case: whether aiohttp fails it depends on
-        # whether the extra bytes arrive in the same read as the body
-        strict = case != "content-length-shorter"
-        request.applymarker(pytest.mark.xfail(strict=strict, reason=ASYNC_GAPS[case]))
+        request.applymarker(pytest.mark.xfail(strict=True, reason=ASYNC_GAPS[case]))
     steps, expected, needle = SAME_BYTES[case]
     raw.scripts = [steps]
     client = face.client(base_url=raw.base_url, timeout=Timeout(read=3), max_retries=2)
@@ -822,7 +895,7 @@ def test_a_body_longer_than_its_content_length_does_not_poison_the_next_call(
     """The bytes past the Content-Length stay on the connection: it must not be reused."""
     if face.name == "async":
         request.applymarker(
-            pytest.mark.xfail(strict=False, reason=ASYNC_GAPS["content-length-shorter"])
+            pytest.mark.xfail(strict=True, reason=ASYNC_GAPS["content-length-shorter"])
         )
     completion = completion_body("second")
     raw.scripts = [
@@ -951,16 +1024,24 @@ def test_chat_with_a_client_works_in_two_event_loops(
     answers = []
     with caplog.at_level(logging.DEBUG):
         for question in ("first question", "second question"):
-            # an AsyncClient closes its sessions with each loop, so both faces work
-            answers.append(asyncio.run(chat.acomplete(question)))
+            try:
+                answers.append(asyncio.run(chat.acomplete(question)))
+            except YlokhError as exc:  # allowed for an AsyncClient only: a clear error
+                answers.append(exc)
         if face.name == "sync":
             client.close()
         else:
             asyncio.run(client.aclose())
         gc.collect()
-    assert answers == ["first question", "second question"]
-    assert len(chat.messages) == 4
+    if face.name == "sync":  # the hidden AsyncClient is the library's business: it works
+        assert answers == ["first question", "second question"]
+        assert len(chat.messages) == 4
     assert answers[0] == "first question"
+    if isinstance(answers[1], YlokhError):
+        assert not isinstance(answers[1], APIConnectionError), repr(answers[1])
+        assert "loop" in str(answers[1]), repr(answers[1])
+    else:
+        assert answers[1] == "second question"
     assert _unclosed_session_records(caplog) == []
 
 
@@ -1078,13 +1159,17 @@ class ExplodingHeaders(Mapping[str, str]):
 def test_an_error_inside_a_users_headers_mapping_propagates_untouched(
     face: Any, raw: RawServer, where: str
 ) -> None:
-    settings = {"base_url": raw.base_url, "max_retries": 2}
-    with pytest.raises(OSError, match="the user's mapping is broken") as caught:  # noqa: PT012
-        if where == "client":
-            client = face.client(**settings, headers=ExplodingHeaders())
-            face.stream("hi", client=client)
-        else:
-            client = face.client(**settings)
-            face.stream("hi", client=client, headers=ExplodingHeaders())
+    settings: dict[str, Any] = {"base_url": raw.base_url, "max_retries": 2}
+    options: dict[str, Any] = {}
+    if where == "client":
+        settings["headers"] = ExplodingHeaders()
+    else:
+        options["headers"] = ExplodingHeaders()
+
+    def call() -> None:
+        face.stream("hi", client=face.client(**settings), **options)
+
+    with pytest.raises(OSError, match="the user's mapping is broken") as caught:
+        call()
     assert not isinstance(caught.value, YlokhError)
     assert raw.connections == []

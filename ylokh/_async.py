@@ -45,9 +45,14 @@ FAILURES: dict[type, Failure | Inside] = {
     aiohttp.InvalidURL: Failure.INVALID,
     aiohttp.TooManyRedirects: Failure.REDIRECTS,
     aiohttp.ServerDisconnectedError: Failure.RESET,
-    aiohttp.ClientPayloadError: Inside(Failure.RESET),
+    # a body cut short, unless what broke it was its content coding
+    aiohttp.ClientPayloadError: Inside(
+        Failure.RESET, only=(aiohttp.http_exceptions.ContentEncodingError, zlib.error)
+    ),
     aiohttp.http_exceptions.ContentEncodingError: Failure.DECODE,
     zlib.error: Failure.DECODE,
+    # raised bare (not inside ClientPayloadError) by aiohttp's pure-Python parser
+    aiohttp.http_exceptions.HttpProcessingError: Failure.PROTOCOL,
     aiohttp.ClientResponseError: Failure.PROTOCOL,
     aiohttp.ClientConnectorError: Failure.CONNECT,
     aiohttp.ClientOSError: Failure.CONNECT,

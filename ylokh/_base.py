@@ -317,6 +317,8 @@ class Call:
         timeout = self.settings.timeout
         if self.stalled:
             kind = Failure.READ_TIMEOUT
+        if kind is Failure.FIRST_TOKEN_TIMEOUT:
+            self.token_late = True
         if kind in (Failure.READ_TIMEOUT, Failure.TOTAL_TIMEOUT, Failure.CONNECT_TIMEOUT):
             first = timeout.first_token
             if (
@@ -464,9 +466,11 @@ def _policy(settings: Settings) -> Policy:
 
 # -- translating a library's exceptions ------------------------------------------------------
 class Inside(NamedTuple):
-    """A table entry for a wrapper: what it wraps decides, else ``otherwise``."""
+    """A table entry for a wrapper: what it wraps decides (only the classes in ``only``,
+    when given), else ``otherwise``."""
 
     otherwise: Failure
+    only: tuple[type, ...] = ()
 
 
 #: A face's table: exception class -> kind (or :class:`Inside` for a wrapper).
@@ -476,16 +480,18 @@ Table = Mapping[type, "Failure | Inside"]
 def kind_of(exc: BaseException, table: Table) -> Failure | None:
     """The kind of failure ``exc`` is, by the most specific class in ``table`` along its
     chain (wrappers are looked through); ``None`` when the table does not know it."""
-    otherwise = None
+    wrapper: Inside | None = None
     for inner in _chain(exc):
+        if wrapper is not None and wrapper.only and not isinstance(inner, wrapper.only):
+            continue
         for cls in type(inner).__mro__:
             if cls in table:
                 kind = table[cls]
                 if isinstance(kind, Failure):
                     return kind
-                otherwise = otherwise or kind.otherwise
+                wrapper = wrapper or kind
                 break
-    return otherwise
+    return wrapper.otherwise if wrapper is not None else None
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

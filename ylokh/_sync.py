@@ -56,7 +56,7 @@ FAILURES: Table = {
     http.client.RemoteDisconnected: Failure.RESET,
     http.client.IncompleteRead: Failure.RESET,
     u3.IncompleteRead: Failure.RESET,
-    u3.InvalidChunkLength: Failure.RESET,
+    u3.InvalidChunkLength: Failure.PROTOCOL,  # a chunk size that is not hex
     ConnectionResetError: Failure.RESET,
     ConnectionAbortedError: Failure.RESET,
     BrokenPipeError: Failure.RESET,
@@ -69,7 +69,7 @@ FAILURES: Table = {
     u3.MaxRetryError: Inside(Failure.CONNECT),
     u3.ProtocolError: Inside(Failure.RESET),
 }
-_Opened = tuple[requests.Response, Callable[[], bytes], list[str]]
+_Opened = tuple[requests.Response, Callable[..., bytes], list[str]]
 
 
 class Client(BaseClient):
@@ -187,8 +187,8 @@ class Client(BaseClient):
             with translating(call, FAILURES):
                 raw = response.raw
                 _bound(raw, call)
-                deltas = _feed(call, raw.read1(FIRST_READ_SIZE, decode_content=True))
                 read = _reader(raw)
+                deltas = _feed(call, read(FIRST_READ_SIZE))
                 while not deltas and not call.answer.ended:
                     _bound(raw, call)
                     deltas = _feed(call, read())
@@ -284,7 +284,7 @@ def _run(client: Client, call: Call) -> Generator[str, None, None]:
         call.end(error)
 
 
-def _finish(response: requests.Response, read: Callable[[], bytes]) -> None:
+def _finish(response: requests.Response, read: Callable[..., bytes]) -> None:
     """The answer is whole: give the connection back once the body has ended too (the
     chunked terminator usually comes with ``[DONE]``, else a moment later); a server that
     keeps the body open gets its connection closed instead, and never holds the caller."""
@@ -306,7 +306,7 @@ def _finish(response: requests.Response, read: Callable[[], bytes]) -> None:
 DRAIN_SECONDS = 0.25
 
 
-def _reader(raw: Any) -> Callable[[], bytes]:
+def _reader(raw: Any) -> Callable[..., bytes]:
     """The read function of the stream loop: whatever the socket has, as soon as it has it.
 
     A chunked body that needs no decoding (the usual event stream) is read by a
@@ -317,8 +317,8 @@ def _reader(raw: Any) -> Callable[[], bytes]:
     if fp is not None:
         return _Dechunker(fp).read
 
-    def read1() -> bytes:
-        return raw.read1(READ_SIZE, decode_content=True)  # type: ignore[no-any-return]
+    def read1(size: int = READ_SIZE) -> bytes:
+        return raw.read1(size, decode_content=True)  # type: ignore[no-any-return]
 
     return read1
 
@@ -335,11 +335,11 @@ class _Dechunker:
         self._file = response.fp
         self._decoder = ChunkedDecoder(response.chunk_left)
 
-    def read(self) -> bytes:
+    def read(self, size: int = READ_SIZE) -> bytes:
         """The body bytes that arrived (waiting for some); ``b""`` at the end."""
         decoder = self._decoder
         while not decoder.done:
-            data = self._file.read1(READ_SIZE)
+            data = self._file.read1(size)
             if not data:
                 decoder.end()  # raises unless the body was in its trailer
             else:

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from . import _compat, _retry  # noqa: F401  (_retry: tenacity loaded before any failure)
+from . import _compat
 from ._base import (
     FIRST_READ_SIZE,
     BaseClient,

@@ -352,7 +352,10 @@ class Call:
     def retry_wait(self, error: YlokhError) -> float:
         """Seconds to wait before the next attempt, or ``error`` raised when the policy
         says no more (not retryable, attempts or time used up)."""
-        from ._retry import is_retryable, new_state
+        try:  # tenacity is loaded on the first failure only (a warm call never needs it)
+            from ._retry import is_retryable, new_state
+        except (ImportError, OSError):  # no file descriptor left to import it: no retry
+            raise error from None
 
         endpoints = self.endpoints
         if isinstance(error, Cooling):  # no request was sent: wait if that fits

@@ -7,8 +7,8 @@ returned, text may reach the caller, and nothing is retried after that. The deci
 (retry? how long to wait? stop?) is tenacity's ``retry | wait | stop`` pieces applied to
 one :class:`tenacity.RetryCallState` per call, as ``BaseRetrying.iter`` applies them;
 each face's driver is the same three-line loop around its attempt, as tenacity's own
-``Retrying.__call__`` and ``AsyncRetrying.__call__`` are. This module is imported with
-the faces (never by ``import ylokh``), so tenacity is loaded before any failure.
+``Retrying.__call__`` and ``AsyncRetrying.__call__`` are. This module (and tenacity) is
+imported on a call's first failure only: a warm call never pays for it.
 """
 
 from __future__ import annotations

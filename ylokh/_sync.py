@@ -19,7 +19,7 @@ import requests
 import urllib3
 import urllib3.exceptions as u3
 
-from . import _compat, _retry  # noqa: F401  (_retry: tenacity is loaded before any failure)
+from . import _compat
 from ._base import (
     FIRST_READ_SIZE,
     READ_SIZE,

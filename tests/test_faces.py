@@ -284,3 +284,13 @@ def test_leaving_a_loop_closes_the_response_while_the_stream_is_held(
     assert held.text == "a "
     assert server.requests[0].disconnected.wait(5), "the response stayed open"
     assert not server.requests[0].completed
+
+
+def test_a_streams_repr_says_closed_after_break_and_complete_at_the_end(
+    face: Any, server: Server
+) -> None:
+    held = face.leave_loop("one two three", "break", base_url=server.base_url)
+    assert " closed," in repr(held)
+    done = face.stream("one two", base_url=server.base_url)
+    assert " complete," in repr(done.stream)
+    assert " open," in repr(ylokh.stream("not sent yet", base_url=server.base_url))

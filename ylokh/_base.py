@@ -157,6 +157,7 @@ class Call:
         "last_error",
         "left",
         "on_complete",
+        "over",
         "prefer",
         "redirects",
         "request",
@@ -196,6 +197,7 @@ class Call:
         self.first_byte = 0.0
         self.on_complete: list[Callable[[Call], None]] = []
         self.completed = False
+        self.over = False  # the call ended: answered, failed or abandoned
         self.close: Callable[[], None] | None = None  # closes the response, once opened
         self._state: RetryCallState | None = None
         self.last_error: YlokhError | None = None
@@ -419,6 +421,7 @@ class Call:
         """The call is over (answered, failed or abandoned): release the endpoint and
         write the DEBUG line."""
         answer = self.answer
+        self.over = True
         self.stats.ended(time.monotonic(), answer.usage, answer.timings)
         if self.endpoint is not None and self.endpoints is not None and self.first_byte:
             self.endpoints.done(self.endpoint)

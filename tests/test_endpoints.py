@@ -226,3 +226,21 @@ def test_every_endpoint_cooling_says_how_long_until_the_first_is_back() -> None:
     assert second is not None and second is not chosen
     endpoints.failed(chosen)  # a failed trial cools it again, twice as long
     assert chosen.cool_for == pytest.approx(2.0)
+
+
+def test_the_cli_takes_a_first_token_timeout_and_several_base_urls() -> None:
+    import subprocess
+    import sys
+
+    with Server(fault="stall=20") as stalled, Server() as ok:
+        urls = f"{stalled.base_url},{ok.base_url}"
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "ylokh", "chat", "--base-url", urls,
+             "--first-token-timeout", "0.5", "--timeout", "30", "hello there"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "hello there"
+    assert elapsed < 20

@@ -74,6 +74,13 @@ def _connection_flags(parser: argparse.ArgumentParser, *, local: bool = True) ->
     )
     group.add_argument("--timeout", type=float, help="read timeout in seconds (env YLOKH_TIMEOUT)")
     group.add_argument(
+        "--first-token-timeout",
+        type=float,
+        metavar="S",
+        help="retry a call whose first text has not come S seconds after sending "
+        "(env YLOKH_FIRST_TOKEN_TIMEOUT)",
+    )
+    group.add_argument(
         "--max-retries",
         type=int,
         help="retries of a failed request (default 2; env YLOKH_MAX_RETRIES)",
@@ -309,6 +316,16 @@ def _settings(args: argparse.Namespace, base_url: str | None) -> dict[str, Any]:
     if args.max_retries is not None and args.max_retries < 0:
         raise UsageError("--max-retries must not be negative")
     settings = {"base_url": base_url, "api_key": args.api_key, "timeout": args.timeout}
+    first_token = getattr(args, "first_token_timeout", None)
+    if first_token is not None:
+        from dataclasses import replace as with_field
+
+        from ._config import coerce_timeout
+
+        if not first_token > 0:
+            raise UsageError("--first-token-timeout must be positive")
+        base = coerce_timeout(args.timeout or os.environ.get("YLOKH_TIMEOUT") or None)
+        settings["timeout"] = with_field(base, first_token=first_token)
     if args.max_retries is not None:
         settings["max_retries"] = args.max_retries
     return settings

@@ -885,7 +885,10 @@ def test_the_same_bytes_give_the_same_outcome(
     face: Any, raw: RawServer, case: str, request: pytest.FixtureRequest
 ) -> None:
     if face.name == "async" and case in ASYNC_GAPS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=ASYNC_GAPS[case]))
+        # not strict for the Content-Length case: whether aiohttp fails it depends on
+        # whether the extra bytes arrive in the same read as the body
+        strict = case != "content-length-shorter"
+        request.applymarker(pytest.mark.xfail(strict=strict, reason=ASYNC_GAPS[case]))
     steps, expected, needle = SAME_BYTES[case]
     raw.scripts = [steps]
     client = face.client(base_url=raw.base_url, timeout=Timeout(read=3), max_retries=2)
@@ -910,7 +913,7 @@ def test_a_body_longer_than_its_content_length_does_not_poison_the_next_call(
     """The bytes past the Content-Length stay on the connection: it must not be reused."""
     if face.name == "async":
         request.applymarker(
-            pytest.mark.xfail(strict=True, reason=ASYNC_GAPS["content-length-shorter"])
+            pytest.mark.xfail(strict=False, reason=ASYNC_GAPS["content-length-shorter"])
         )
     completion = completion_body("second")
     raw.scripts = [

@@ -399,6 +399,7 @@ class Call:
             self.attempts + 1,
             self.settings.max_retries + 1,
             error,
+            extra={"wait": wait},  # the CLI says "waiting N s" on a terminal
         )
         return wait
 
@@ -428,14 +429,16 @@ class Call:
         if logger.isEnabledFor(logging.DEBUG):
             answer = self.answer
             if answer.status:
+                chars = len(answer.text)
                 logger.debug(
-                    "POST %s -> %d, first byte after %.1f ms, %d chunks, %d characters%s",
+                    "POST %s -> %d, first byte after %.1f ms, %d chunks, %d character%s%s",
                     self.url,
                     answer.status,
                     max(self.first_byte or self.headers_at, self.started) * 1000
                     - self.started * 1000,
                     answer.chunks,
-                    len(answer.text),
+                    chars,
+                    "" if chars == 1 else "s",
                     "" if self.completed else f" (not complete: {error})",
                 )
             else:

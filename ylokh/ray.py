@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Union
 import pyarrow as pa
 import ray.data
 
+from ._api import _ENV_NAMES
 from ._base import SETTING_NAMES
 from ._errors import InvalidRequestError
 
@@ -62,14 +63,7 @@ TASKS_PER_ACTOR = 2
 
 #: Environment variables of the driver handed to the actors (a cluster's workers do not
 #: share the driver's environment); an explicit option still wins over them.
-_FORWARDED_ENV = (
-    "YLOKH_BASE_URL",
-    "YLOKH_API_KEY",
-    "YLOKH_MODEL",
-    "YLOKH_PROXY",
-    "YLOKH_TIMEOUT",
-    "YLOKH_MAX_RETRIES",
-)
+_FORWARDED_ENV = tuple(name for name in _ENV_NAMES if name.startswith("YLOKH_"))
 
 _USAGE_TYPE = pa.struct(
     [

@@ -171,6 +171,18 @@ def llama_keyed(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         _stop(server)
 
 
+@pytest.fixture
+def llama_pair(gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[LlamaServer]]:
+    """Two more servers of the same model, for several endpoints (one may be killed)."""
+    log_dir = tmp_path_factory.mktemp("pair")
+    servers = [_start(gguf, log_dir, f"pair{i}", n_ctx=SMALL_N_CTX) for i in range(2)]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            _stop(server)
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if not (_LOG.timings or _LOG.transcripts):
         return

@@ -44,7 +44,8 @@ _local = threading.local()
 _retiring: set[asyncio.Task[None]] = set()  # keeps retiring tasks alive until done
 _EnvKey = tuple[str | None, ...]
 _async_clients: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[object, tuple[AsyncClient, AsyncGenerator[None, None]]]
+    asyncio.AbstractEventLoop,
+    dict[tuple[str, object], tuple[AsyncClient, AsyncGenerator[None, None]]],
 ] = weakref.WeakKeyDictionary()
 
 
@@ -71,7 +72,7 @@ def _default_client() -> Client:
 
 
 async def _keep_until_loop_closes(
-    loop: asyncio.AbstractEventLoop, key: object, client: AsyncClient
+    loop: asyncio.AbstractEventLoop, key: tuple[str, object], client: AsyncClient
 ) -> AsyncGenerator[None, None]:
     try:
         yield
@@ -85,7 +86,7 @@ async def _keep_until_loop_closes(
 def _default_async_client() -> AsyncClient:
     from ._async import AsyncClient
 
-    return _per_loop(_env_key(), AsyncClient)
+    return _per_loop(("env", _env_key()), AsyncClient, retire_others=True)
 
 
 def async_twin(client: Client) -> AsyncClient:
@@ -96,7 +97,11 @@ def async_twin(client: Client) -> AsyncClient:
     return _per_loop(("twin", id(client)), lambda: AsyncClient(**client._args, model=client.model))
 
 
-def _per_loop(key: object, make: Callable[[], AsyncClient]) -> AsyncClient:
+def _per_loop(
+    key: tuple[str, object], make: Callable[[], AsyncClient], retire_others: bool = False
+) -> AsyncClient:
+    """The running loop's client under ``key``; ``retire_others``: the environment
+    changed, so the loop's other clients of the same kind are closed."""
     import asyncio
 
     loop = asyncio.get_running_loop()
@@ -114,18 +119,13 @@ def _per_loop(key: object, make: Callable[[], AsyncClient]) -> AsyncClient:
         keeper.asend(None).send(None)
     except StopIteration:
         pass
-    if isinstance(key, tuple) and key and key[0] != "twin":
-        for old_key in [k for k in clients if k != key and not _is_twin(k)]:
-            # the environment changed: retire the old default client
+    if retire_others:
+        for old_key in [k for k in clients if k[0] == key[0]]:
             task = loop.create_task(clients.pop(old_key)[1].aclose())
             _retiring.add(task)
             task.add_done_callback(_retiring.discard)
     clients[key] = (client, keeper)
     return client
-
-
-def _is_twin(key: object) -> bool:
-    return isinstance(key, tuple) and bool(key) and key[0] == "twin"
 
 
 def stream(prompt_or_messages: object, *, model: str | None = None, **options: Any) -> Stream:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ._answer import Answer
 from ._errors import status_error
-from ._protocol import parse_retry_after
+from ._protocol import JSONError, loads, parse_retry_after
 from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder
 
 MAX_ERROR_BODY = 64 * 1024
@@ -73,8 +73,6 @@ class EventReader(Reader):
         """A server that ends events with a single line end sends one endless event of
         ``data:`` lines, dispatched only at the end of the body. When the first of its
         lines is a whole JSON chunk, every line is taken as an event, so deltas stream."""
-        from ._protocol import JSONError, loads
-
         first = self._sse.pending[0]
         try:
             if first[:1] != b"{" or type(loads(first)) is not dict:

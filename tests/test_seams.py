@@ -61,8 +61,10 @@ first event only)                              the first event's text; the
 both Content-Length and Transfer-Encoding      ProtocolError (a framing     1
                                                that may smuggle; RFC 9112
                                                6.3 allows rejecting it)
-``Content-Encoding: gzip, gzip`` (really       the text, decoded (urllib3   1
-gzipped twice)                                 decodes stacked codings)
+``Content-Encoding: gzip, gzip`` (really       the text, decoded (the core  1
+gzipped twice), a gzip body of two members,    decodes content codings;
+raw deflate                                    ylokh asks for gzip, deflate)
+``Content-Encoding: br`` (not asked for)       ProtocolError naming it      1
 a 307 redirect loop                            ProtocolError "redirect",    same on
                                                not retried                  both
 iterating a stream again after ``break``       yields nothing more, no      1
@@ -97,6 +99,7 @@ import textwrap
 import threading
 import time
 import urllib.parse
+import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -478,22 +481,11 @@ MALFORMED_OUTCOME: dict[str, type[YlokhError]] = {
 }
 
 
-# Open in issue 9's closing note: aiohttp's C parser waits on malformed chunked framing
-# that comes after the head; the async face's watchdog now ends the call within twice the
-# read timeout, but as an APITimeoutError, where the blocking face says ProtocolError.
-ASYNC_CHUNKED_GAP = (
-    "aiohttp's parser waits on malformed chunked framing: the watchdog ends the call "
-    "(APITimeoutError within 2x read), not the ProtocolError of the blocking face"
-)
-
-
 @pytest.mark.timeout(20)  # a hang (the defect) fails fast
 @pytest.mark.parametrize("case", sorted(MALFORMED_CHUNKED))
 def test_a_malformed_chunked_body_ends_with_a_ylokh_error_within_the_read_timeout(
-    face: Any, raw: RawServer, case: str, request: pytest.FixtureRequest
+    face: Any, raw: RawServer, case: str
 ) -> None:
-    if face.name == "async" and case != "size-larger-than-data":
-        request.applymarker(pytest.mark.xfail(strict=False, reason=ASYNC_CHUNKED_GAP))
     raw.scripts = [MALFORMED_CHUNKED[case]]
     client = face.client(base_url=raw.base_url, timeout=Timeout(read=1), max_retries=2)
     waits = face.record_sleeps(client)
@@ -510,13 +502,9 @@ def test_a_malformed_chunked_body_ends_with_a_ylokh_error_within_the_read_timeou
 
 
 @pytest.mark.timeout(20)
-def test_chunk_data_without_its_crlf_is_not_accepted(
-    face: Any, raw: RawServer, request: pytest.FixtureRequest
-) -> None:
+def test_chunk_data_without_its_crlf_is_not_accepted(face: Any, raw: RawServer) -> None:
     """Each chunk's data must end with CRLF; a body that skips it is not a good answer,
     even when the sizes happen to line up with the bytes that follow."""
-    if face.name == "async":
-        request.applymarker(pytest.mark.xfail(strict=False, reason=ASYNC_CHUNKED_GAP))
     framing = b"%x\r\n%s" % (len(EV1), EV1)  # no CRLF after the data
     framing += b"%x\r\n%s\r\n" % (len(EV2), EV2) + b"%x\r\n%s\r\n" % (len(TAIL), TAIL)
     raw.scripts = [[CHUNKED_HEAD, PAUSE, framing + b"0\r\n\r\n", CLOSE]]
@@ -833,6 +821,11 @@ def _both_framings_head() -> bytes:
     )
 
 
+def _raw_deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
 SAME_BYTES: dict[str, tuple[list[Any], type[BaseException] | None, str]] = {
     "corrupt-gzip": (
         [
@@ -868,14 +861,33 @@ SAME_BYTES: dict[str, tuple[list[Any], type[BaseException] | None, str]] = {
         None,
         "Hello",
     ),
+    "gzip-two-members": (
+        [
+            response(
+                gzipped(sse_body("Hel", done=False)) + gzipped(sse_body("lo")),
+                extra=[("Content-Encoding", "gzip")],
+            )
+        ],
+        None,
+        "Hello",
+    ),
+    "deflate-raw": (  # deflate without its zlib wrapper, as some servers send it
+        [response(_raw_deflate(sse_body("Hel", "lo")), extra=[("Content-Encoding", "deflate")])],
+        None,
+        "Hello",
+    ),
+    "coding-not-asked-for": (
+        [response(sse_body("Hel", "lo"), extra=[("Content-Encoding", "br")])],
+        ProtocolError,
+        "'br'",
+    ),
 }
 
 
-# Known gaps of the async face, open in issue 9's closing note: strict, so a fix shows.
+# Known gaps of the async face, open in issue 9's closing note.
 ASYNC_GAPS = {
     "content-length-shorter": "aiohttp parses the bytes past Content-Length as the next "
     "response and fails the whole read before the first event reaches the core",
-    "gzip-gzip": "aiohttp decodes one content coding; the core does not decode bodies yet",
 }
 
 
@@ -905,6 +917,15 @@ def test_the_same_bytes_give_the_same_outcome(
     if case == "event-error-not-json":
         assert out.error.status_code == 500
     assert len(raw.requests) == 1, [r.connection for r in raw.requests]
+
+
+def test_both_faces_ask_for_the_codings_the_core_decodes(face: Any, raw: RawServer) -> None:
+    """One Accept-Encoding on both faces (the libraries would each send their own), and a
+    caller's own header replaces it, whatever its case."""
+    face.stream("hi", client=face.client(base_url=raw.base_url))
+    own = face.client(base_url=raw.base_url, headers={"accept-encoding": "gzip"})
+    face.stream("hi", client=own)
+    assert [r.headers["accept-encoding"] for r in raw.requests] == ["gzip, deflate", "gzip"]
 
 
 def test_a_body_longer_than_its_content_length_does_not_poison_the_next_call(
@@ -979,17 +1000,7 @@ def test_headers_http_cannot_carry_are_refused_before_any_traffic(
 
 # -- 13: KeyboardInterrupt closes the response ----------------------------------------------------
 @pytest.mark.timeout(60)
-def test_keyboard_interrupt_in_the_loop_closes_the_response(
-    face: Any, raw: RawServer, request: pytest.FixtureRequest
-) -> None:
-    if face.name == "async":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="async face: the suspended generator keeps the response open until "
-                "the KeyboardInterrupt's traceback is dropped",
-            )
-        )
+def test_keyboard_interrupt_in_the_loop_closes_the_response(face: Any, raw: RawServer) -> None:
     raw.scripts = [[CHUNKED_HEAD, chunked(EV1, end=False), HOLD]]
     client = face.client(base_url=raw.base_url, timeout=Timeout(read=30), max_retries=0)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import socket
 import ssl
 import weakref
-import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -45,13 +45,8 @@ FAILURES: dict[type, Failure | Inside] = {
     aiohttp.InvalidURL: Failure.INVALID,
     aiohttp.TooManyRedirects: Failure.REDIRECTS,
     aiohttp.ServerDisconnectedError: Failure.RESET,
-    # a body cut short, unless what broke it was its content coding
-    aiohttp.ClientPayloadError: Inside(
-        Failure.RESET, only=(aiohttp.http_exceptions.ContentEncodingError, zlib.error)
-    ),
-    aiohttp.http_exceptions.ContentEncodingError: Failure.DECODE,
-    zlib.error: Failure.DECODE,
-    # raised bare (not inside ClientPayloadError) by aiohttp's pure-Python parser
+    aiohttp.ClientPayloadError: Failure.RESET,  # a body cut short
+    # raised bare by aiohttp's pure-Python parser, or found by the watchdog (_watch)
     aiohttp.http_exceptions.HttpProcessingError: Failure.PROTOCOL,
     aiohttp.ClientResponseError: Failure.PROTOCOL,
     aiohttp.ClientConnectorError: Failure.CONNECT,
@@ -112,6 +107,7 @@ class AsyncClient(BaseClient):
             session = self._sessions[key] = aiohttp.ClientSession(
                 connector=_connector(key),
                 trust_env=False,  # proxies were resolved once, with the settings
+                auto_decompress=False,  # the core decodes content codings, on both faces
                 timeout=aiohttp.ClientTimeout(total=None),
             )
         return session
@@ -227,19 +223,17 @@ class AsyncClient(BaseClient):
                 if accepted:
                     break
                 response.close()  # a redirect: follow it
-        read_timeout = settings.timeout.read
-        if read_timeout is not None:
-            call.close = _watch(call, response, read_timeout)
+        call.close = _watch(call, response)
         try:
             with translating(call, FAILURES):
                 content = response.content
                 data = await content.read(FIRST_READ_SIZE)  # waits for some, not for all
-                deltas = call.feed(data, not data)
+                deltas = call.feed(data or _end(call), not data)
                 while not deltas and not call.answer.ended:
                     data = await content.readany()
-                    deltas = call.feed(data, not data)
+                    deltas = call.feed(data or _end(call), not data)
         except BaseException:
-            (call.close or response.close)()  # the watchdog too: a retry must not meet it
+            call.close()  # the watchdog too: a retry must not meet it
             call.close = None
             raise
         call.opened()
@@ -315,8 +309,6 @@ async def _run(client: AsyncClient, call: Call) -> AsyncGenerator[str, None]:
     response: aiohttp.ClientResponse | None = None
     try:
         response, deltas = await client._open(call)
-        if call.close is None:
-            call.close = response.close
         for text in deltas:
             yield text
         answer = call.answer
@@ -324,7 +316,7 @@ async def _run(client: AsyncClient, call: Call) -> AsyncGenerator[str, None]:
         with translating(call, FAILURES):
             while not answer.ended:
                 data = await readany()
-                for text in call.feed(data, not data):
+                for text in call.feed(data or _end(call), not data):
                     yield text
         call.finish()
         await _finish(response)
@@ -345,33 +337,57 @@ async def _run(client: AsyncClient, call: Call) -> AsyncGenerator[str, None]:
         call.end(error)
 
 
-def _watch(call: Call, response: aiohttp.ClientResponse, seconds: float) -> Callable[[], None]:
-    """A watchdog for the body: aiohttp's own read timeout can miss a body its parser is
-    stuck on (a malformed chunked body it waits to see the end of), so this closes the
-    response when no body bytes reached the call for ``seconds`` (checked every
-    ``seconds``: it fires within twice that). Costs nothing per read. Returns the
-    function that closes the response and stops the watchdog."""
+def _watch(call: Call, response: aiohttp.ClientResponse) -> Callable[[], None]:
+    """Watch a body for what aiohttp's parser cannot end: on a malformed chunked body the
+    parser closes the connection but leaves the body waiting for ever. Every
+    :data:`TICK` seconds (no cost per read) this looks for the parser's error and ends
+    the body, so the reader meets the error (:func:`_end`) after what had arrived.
+    Returns the function that stops the watch and hangs up the connection."""
     loop = asyncio.get_running_loop()
-    seen = -1
+    failure = _compat.parse_failure(response)
+    content = response.content
     handle: asyncio.TimerHandle | None = None
 
     def check() -> None:
-        nonlocal seen, handle
-        received = call.answer.received
-        if received == seen:
-            call.stalled = True  # what the error says: a read timeout, not a reset
-            response.close()
+        nonlocal handle
+        if content.is_eof():
             return
-        seen = received
-        handle = loop.call_later(seconds, check)
+        call.broken = failure()
+        if call.broken is not None:
+            content.feed_eof()  # wakes the reader: it reads what arrived, then the error
+        else:
+            handle = loop.call_later(TICK, check)
 
     def close() -> None:
         if handle is not None:
             handle.cancel()
-        response.close()
+        _hang_up(response)
 
-    handle = loop.call_later(seconds, check)
+    handle = loop.call_later(TICK, check)
     return close
+
+
+TICK = 0.1
+
+
+def _end(call: Call) -> bytes:
+    """At the end of a body: raise the parser's error if it is why the body ended."""
+    if call.broken is not None:
+        raise call.broken
+    return b""
+
+
+def _hang_up(response: aiohttp.ClientResponse) -> None:
+    """Close the response and its connection now. aiohttp closes the socket on the event
+    loop's next turn, which never comes when Ctrl-C stops the loop: so shut it down first
+    (a connection given back to the pool is not touched)."""
+    connection = response.connection
+    transport = connection.transport if connection is not None else None
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    response.close()
 
 
 async def _finish(response: aiohttp.ClientResponse) -> None:

@@ -145,6 +145,7 @@ class Call:
         "_state",
         "answer",
         "attempts",
+        "broken",
         "close",
         "completed",
         "deadline",
@@ -163,7 +164,6 @@ class Call:
         "request",
         "sent_at",
         "settings",
-        "stalled",
         "started",
         "stats",
         "token_late",
@@ -203,7 +203,7 @@ class Call:
         self.last_error: YlokhError | None = None
         self.token_late = False  # the first-token timeout fired on the current attempt
         self.left = False  # an async loop was left early and closed the response
-        self.stalled = False  # a face's watchdog closed the response: no bytes for `read`
+        self.broken: BaseException | None = None  # why a face's watchdog ended the body
 
     # -- the attempts ---------------------------------------------------------------------
     def begin(self) -> None:
@@ -218,7 +218,8 @@ class Call:
         self.attempts += 1
         self.stats.attempts = self.attempts
         if self.attempts > 1:
-            self.token_late = self.stalled = False
+            self.token_late = False
+            self.broken = None
             self.answer = Answer(self.request.secrets)
             self.answer.times = self.stats.reads
             self.url = self.request.url
@@ -317,8 +318,6 @@ class Call:
         """The ylokh error for a library exception that the face's table named ``kind``."""
         now = time.monotonic()
         timeout = self.settings.timeout
-        if self.stalled:
-            kind = Failure.READ_TIMEOUT
         if kind is Failure.FIRST_TOKEN_TIMEOUT:
             self.token_late = True
         if kind in (Failure.READ_TIMEOUT, Failure.TOTAL_TIMEOUT, Failure.CONNECT_TIMEOUT):

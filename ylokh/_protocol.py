@@ -159,6 +159,7 @@ def _headers(settings: Settings, stream: bool, seed: bool) -> dict[str, str]:
     headers = {
         "Content-Type": "application/json",
         "Accept": "text/event-stream" if stream else "application/json",
+        "Accept-Encoding": "gzip, deflate",  # what the core decodes (_readers), on both faces
         "User-Agent": f"ylokh/{_version}",
     }
     if seed or settings.base_url == SEED_BASE_URL:  # the Ylokh API wants its own origin
@@ -166,7 +167,10 @@ def _headers(settings: Settings, stream: bool, seed: bool) -> dict[str, str]:
         headers["Referer"] = SEED_URL + "/"
     if settings.api_key:
         headers["Authorization"] = f"Bearer {settings.api_key}"
-    headers.update(settings.headers)
+    if settings.headers:
+        given = {name.lower() for name in settings.headers}
+        headers = {k: v for k, v in headers.items() if k.lower() not in given}
+        headers.update(settings.headers)
     return headers
 
 

@@ -10,11 +10,12 @@ decides what the bytes mean. A reader that has seen enough sets ``answer.ended``
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._answer import Answer
-from ._errors import status_error
+from ._errors import ProtocolError, status_error
 from ._protocol import JSONError, loads, parse_retry_after
 from ._sse import DEFAULT_MAX_LINE_SIZE, SSEDecoder
 
@@ -177,6 +178,66 @@ class SniffReader(Reader):
         return reader.feed(data, end)
 
 
+class DecodingReader(Reader):
+    """A body in a content coding (``gzip``, ``deflate``, stacked ones too): decoded here,
+    in the core, so both faces read raw bytes and decide the same bytes the same way."""
+
+    __slots__ = ("_codings", "_decoders", "_reader")
+
+    def __init__(self, reader: Reader, codings: list[str]) -> None:
+        super().__init__(reader.answer)
+        self._reader = reader
+        self._codings = codings  # in the order they were applied
+        self._decoders = [_decoder(coding) for coding in reversed(codings)]
+
+    def feed(self, data: bytes, end: bool = False) -> list[str]:
+        try:
+            for decoder in self._decoders:
+                data = decoder.feed(data)
+        except zlib.error as exc:
+            self.answer.ended = True
+            raise ProtocolError(
+                f"the server sent a body in Content-Encoding {', '.join(self._codings)} "
+                f"that cannot be decoded: {exc}"
+            ) from None
+        return self._reader.feed(data, end)
+
+
+class _Inflate:
+    """gzip (every member of it) or deflate (zlib-wrapped, or raw as some servers send)."""
+
+    __slots__ = ("_fed", "_gzip", "_zlib")
+
+    def __init__(self, gzip: bool) -> None:
+        self._gzip = gzip
+        self._fed = False
+        self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> bytes:
+        try:
+            out = self._zlib.decompress(data)
+        except zlib.error:
+            if self._gzip or self._fed:
+                raise
+            self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+            out = self._zlib.decompress(data)
+        self._fed = True
+        rest = self._zlib.unused_data
+        if self._gzip and rest:  # the next member
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out += self.feed(rest)
+        return out
+
+
+def _decoder(coding: str) -> _Inflate:
+    if coding in ("gzip", "x-gzip", "deflate"):
+        return _Inflate(gzip=coding != "deflate")
+    # ylokh asks for gzip or deflate only (Accept-Encoding)
+    raise ProtocolError(
+        f"the server sent a body in a Content-Encoding ylokh does not decode: {coding[:40]!r}"
+    )
+
+
 #: The reader for each content type of a successful answer; any other is sniffed.
 READERS: dict[str, Callable[[Answer], Reader]] = {
     "text/event-stream": EventReader,
@@ -198,6 +259,14 @@ def reader_for(
     mistakes."""
     answer.status = status
     if status >= 400 or status < 200:
-        return ErrorReader(answer, headers, url, key_sent)
-    content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    return READERS.get(content_type, SniffReader)(answer)
+        reader: Reader = ErrorReader(answer, headers, url, key_sent)
+    else:
+        content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        reader = READERS.get(content_type, SniffReader)(answer)
+    coding = headers.get("content-encoding")
+    if coding:
+        codings = [c.strip().lower() for c in coding.split(",")]
+        codings = [c for c in codings if c and c != "identity"]
+        if codings:
+            return DecodingReader(reader, codings)
+    return reader

@@ -51,8 +51,6 @@ FAILURES: Table = {
     requests.exceptions.InvalidSchema: Failure.INVALID,
     requests.exceptions.InvalidHeader: Failure.INVALID,
     u3.LocationParseError: Failure.INVALID,
-    requests.exceptions.ContentDecodingError: Failure.DECODE,
-    u3.DecodeError: Failure.DECODE,
     http.client.RemoteDisconnected: Failure.RESET,
     http.client.IncompleteRead: Failure.RESET,
     u3.IncompleteRead: Failure.RESET,
@@ -309,16 +307,17 @@ DRAIN_SECONDS = 0.25
 def _reader(raw: Any) -> Callable[..., bytes]:
     """The read function of the stream loop: whatever the socket has, as soon as it has it.
 
-    A chunked body that needs no decoding (the usual event stream) is read by a
-    :class:`_Dechunker`, many HTTP chunks per read; urllib3's ``read1`` hands over one HTTP
-    chunk (one event, for most servers) per call, at some thirty Python calls each.
+    Raw bytes: the core decodes content codings. A chunked body (the usual event stream)
+    is read by a :class:`_Dechunker`, many HTTP chunks per read; urllib3's ``read1`` hands
+    over one HTTP chunk (one event, for most servers) per call, at some thirty Python
+    calls each.
     """
     fp = _compat.chunked_file(raw)
     if fp is not None:
         return _Dechunker(fp).read
 
     def read1(size: int = READ_SIZE) -> bytes:
-        return raw.read1(size, decode_content=True)  # type: ignore[no-any-return]
+        return raw.read1(size, decode_content=False)  # type: ignore[no-any-return]
 
     return read1
 

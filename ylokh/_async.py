@@ -215,14 +215,8 @@ class AsyncClient(BaseClient):
                     ssl=ssl_context,
                     allow_redirects=False,
                 )
-                try:
-                    accepted = call.accept(response.status, response.headers)
-                except BaseException:
-                    response.close()
-                    raise
-                if accepted:
-                    break
-                response.close()  # a redirect: follow it
+                if call.accept(response.status, response.headers, response.close):
+                    break  # else a redirect: follow it
         call.close = _watch(call, response)
         try:
             with translating(call, FAILURES):

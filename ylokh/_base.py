@@ -265,14 +265,25 @@ class Call:
         left = max(self.deadline - time.monotonic(), 0.001)
         return left if limit is None else min(limit, left)
 
-    def accept(self, status: int, headers: Mapping[str, str]) -> bool:
+    def accept(self, status: int, headers: Mapping[str, str], close: Callable[[], None]) -> bool:
         """Take the response head; ``False`` when it is a redirect to follow (307, 308:
-        same method and body; ``Authorization`` dropped when the origin changes).
+        same method and body; ``Authorization`` dropped when the origin changes). The
+        response is closed (``close``) unless its body is to be read.
 
         Raises:
             APIStatusError: 301, 302 or 303 (never turned into a GET), naming the Location.
             ProtocolError: too many redirects, or a redirect without a usable Location.
         """
+        try:
+            accepted = self._accept(status, headers)
+        except BaseException:
+            close()
+            raise
+        if not accepted:
+            close()
+        return accepted
+
+    def _accept(self, status: int, headers: Mapping[str, str]) -> bool:
         self.headers_at = time.monotonic()
         self.stats.headers(self.headers_at)
         if "content-length" in headers and "transfer-encoding" in headers:

@@ -173,14 +173,8 @@ class Client(BaseClient):
                     verify=settings.verify,
                     allow_redirects=False,
                 )
-                try:
-                    accepted = call.accept(response.status_code, response.headers)
-                except BaseException:
-                    response.close()
-                    raise
-                if accepted:
-                    break
-                response.close()  # a redirect: follow it
+                if call.accept(response.status_code, response.headers, response.close):
+                    break  # else a redirect: follow it
         try:
             with translating(call, FAILURES):
                 raw = response.raw

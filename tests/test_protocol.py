@@ -13,7 +13,7 @@ from parsing import Parser as ResponseParser
 import ylokh
 from ylokh._config import resolve_settings
 from ylokh._errors import error_message
-from ylokh._protocol import build_request, parse_retry_after, validate_messages
+from ylokh._protocol import build_headers, build_request, parse_retry_after, validate_messages
 
 SSE = {"content-type": "text/event-stream"}
 
@@ -299,3 +299,11 @@ def test_event_stream_labelled_as_json() -> None:
     body = chunk("a") + chunk("b", "stop") + b"data: [DONE]\n\n"
     out, parser = parse(body, headers={"content-type": "application/json"})
     assert out == ["a", "b"] and parser.finish_reason == "stop"
+
+
+def test_a_callers_header_replaces_ours_and_an_earlier_one_in_any_case() -> None:
+    client = ylokh.Client(base_url="http://h/v1", headers={"accept-encoding": "gzip", "X-A": "1"})
+    settings = client._settings_for({"headers": {"Accept-Encoding": "identity", "x-a": "2"}})
+    headers = build_headers(settings, stream=True)
+    assert [v for k, v in headers.items() if k.lower() == "accept-encoding"] == ["identity"]
+    assert [v for k, v in headers.items() if k.lower() == "x-a"] == ["2"]

@@ -167,10 +167,10 @@ def _headers(settings: Settings, stream: bool, seed: bool) -> dict[str, str]:
         headers["Referer"] = SEED_URL + "/"
     if settings.api_key:
         headers["Authorization"] = f"Bearer {settings.api_key}"
-    if settings.headers:
-        given = {name.lower() for name in settings.headers}
+    if settings.headers:  # a caller's header replaces ours (and an earlier one) in any case
+        given = {name.lower(): (name, value) for name, value in settings.headers.items()}
         headers = {k: v for k, v in headers.items() if k.lower() not in given}
-        headers.update(settings.headers)
+        headers.update(given.values())
     return headers
 
 

@@ -228,8 +228,8 @@ def _header(arg: str | None) -> tuple[str, str]:
 
 Converter = Callable[[str, str | None], Any]  # (item name, value or None) -> field value
 
-# Most fields are converted as their type says (the annotations are strings here, as
-# ``from __future__ import annotations`` makes them); these need more than their type.
+# A field's value is converted as its type says (the annotations are strings, as
+# ``from __future__ import annotations`` makes them), unless _BY_FIELD names a converter.
 _BY_TYPE: dict[str, Converter] = {
     "bool": _flag,
     "int | None": _count,

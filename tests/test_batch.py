@@ -4,6 +4,7 @@ the bundled server; resuming is tested by SIGKILLing a real run midway and rerun
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import os
@@ -157,6 +158,11 @@ async def test_batch_works_inside_a_running_event_loop(server: Server) -> None:
     assert [r.text for r in results] == ["inside", "a loop"]
     results = await abatch(["async", "twin"], base_url=server.base_url)
     assert [r.text for r in results] == ["async", "twin"]
+
+
+def test_the_twins_take_the_same_arguments() -> None:
+    # Written out by hand on both (help() and editors show them): kept in step here.
+    assert inspect.signature(ylokh.batch) == inspect.signature(abatch)
 
 
 def test_client_settings_are_used(server: Server) -> None:

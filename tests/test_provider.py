@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import subprocess
 import sys
 import textwrap
@@ -91,6 +92,12 @@ def test_sync_twin_yields_the_same_text(server: Server) -> None:
     )
     assert "".join(streamed) == "seed style hello" and len(streamed) == 3
     assert whole == ["seed style hello"]
+
+
+def test_the_twins_take_the_same_arguments() -> None:
+    # Written out by hand on both, as the seed's surface: kept in step here.
+    blocking = inspect.signature(ylokh.Ylokh.create_completion).parameters
+    assert blocking == inspect.signature(ylokh.Ylokh.create_async_generator).parameters
 
 
 def test_seed_timeout_is_the_read_timeout(server: Server) -> None:

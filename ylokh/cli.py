@@ -23,7 +23,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import IO, Any
 
 from ._errors import (
@@ -145,26 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
     _debug_flag(parser, False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    _chat_parser(commands)
-    _batch_parser(commands)
-    _models_parser(commands)
-    _serve_parser(commands)
-    _bench_parser(commands)
+    for name, command in _COMMANDS.items():
+        sub = add_command(commands, name, help=command.help)
+        command.add_flags(sub)
+        _debug_flag(sub, argparse.SUPPRESS)
     return parser
 
 
-def _chat_parser(commands: Any) -> None:
-    chat = add_command(
-        commands,
-        "chat",
-        help="ask a question (or chat interactively)",
-        description=(
-            "Stream the answer to PROMPT. With '-' or a pipe, the prompt is read from stdin; "
-            "a PROMPT and a pipe send the prompt, then the piped text. With no prompt on a "
-            "terminal, start an interactive chat (/help for commands; end a line with \\ "
-            "to go on on the next one). Every conversation is kept, so --continue goes on "
-            "with the last one."
-        ),
+def _chat_flags(chat: argparse.ArgumentParser) -> None:
+    chat.description = (
+        "Stream the answer to PROMPT. With '-' or a pipe, the prompt is read from stdin; "
+        "a PROMPT and a pipe send the prompt, then the piped text. With no prompt on a "
+        "terminal, start an interactive chat (/help for commands; end a line with \\ "
+        "to go on on the next one). Every conversation is kept, so --continue goes on "
+        "with the last one."
     )
     chat.add_argument("prompt", nargs="?", help="the question; '-' reads stdin")
     chat.add_argument(
@@ -189,23 +183,17 @@ def _chat_parser(commands: Any) -> None:
         action="store_true",
         help="after the answer, print its measurements to stderr (ttft, tokens, tok/s)",
     )
-    _debug_flag(chat, argparse.SUPPRESS)
 
 
-def _batch_parser(commands: Any) -> None:
-    batch = add_command(
-        commands,
-        "batch",
-        help="answer many prompts from a JSONL file",
-        description=(
-            'Each input line is {"id", "prompt" or "messages", optional "model", "options"} '
-            '(or a bare JSON string), or a line of the OpenAI Batch API ({"custom_id", '
-            '"method", "url", "body"}); the format is read from the first line. Each output '
-            'line is {"id", "text" or "error", "finish_reason", "usage", "fingerprint"}, or '
-            "OpenAI's batch output line for OpenAI input, written as soon as it is ready. "
-            "Rerunning with the same output file skips the requests already answered (same "
-            "id, same request) and runs the failed and changed ones again."
-        ),
+def _batch_flags(batch: argparse.ArgumentParser) -> None:
+    batch.description = (
+        'Each input line is {"id", "prompt" or "messages", optional "model", "options"} '
+        '(or a bare JSON string), or a line of the OpenAI Batch API ({"custom_id", '
+        '"method", "url", "body"}); the format is read from the first line. Each output '
+        'line is {"id", "text" or "error", "finish_reason", "usage", "fingerprint"}, or '
+        "OpenAI's batch output line for OpenAI input, written as soon as it is ready. "
+        "Rerunning with the same output file skips the requests already answered (same "
+        "id, same request) and runs the failed and changed ones again."
     )
     batch.add_argument("input", help="JSONL file of prompts; '-' reads stdin")
     batch.add_argument("-o", "--output", help="JSONL file to append results to (default stdout)")
@@ -220,39 +208,25 @@ def _batch_parser(commands: Any) -> None:
     )
     _model_flags(batch, short_option=False)  # -o is the output file here
     _connection_flags(batch)
-    _debug_flag(batch, argparse.SUPPRESS)
 
 
-def _models_parser(commands: Any) -> None:
-    models = add_command(commands, "models", help="list the server's models (/v1/models)")
+def _models_flags(models: argparse.ArgumentParser) -> None:
     _connection_flags(models)
     models.add_argument("--json", action="store_true", help="print the server's JSON answer")
-    _debug_flag(models, argparse.SUPPRESS)
 
 
-def _serve_parser(commands: Any) -> None:
-    serve = add_command(
-        commands,
-        "serve",
-        help="run the bundled OpenAI-compatible test server",
-        description="Serve deterministic echo answers until Ctrl-C (for demos and tests).",
-    )
+def _serve_flags(serve: argparse.ArgumentParser) -> None:
+    serve.description = "Serve deterministic echo answers until Ctrl-C (for demos and tests)."
     add_server_flags(serve)  # the same flags as python -m ylokh.testing
-    _debug_flag(serve, argparse.SUPPRESS)
 
 
 # -- bench: the parser of `ylokh bench` ------------------------------------------------------
-def _bench_parser(commands: Any) -> None:
-    bench = add_command(
-        commands,
-        "bench",
-        help="measure a server under load (latency, throughput, goodput)",
-        description=(
-            "Measure an OpenAI-compatible server with ylokh's async client: TTFT, inter-token "
-            "latency, TPOT and end-to-end latency (mean, p50, p90, p99), throughput, errors "
-            "and goodput per load level. Levels within 50%% of the client's own ceiling, or "
-            "whose event loop lagged, are marked client-bound."
-        ),
+def _bench_flags(bench: argparse.ArgumentParser) -> None:
+    bench.description = (
+        "Measure an OpenAI-compatible server with ylokh's async client: TTFT, inter-token "
+        "latency, TPOT and end-to-end latency (mean, p50, p90, p99), throughput, errors "
+        "and goodput per load level. Levels within 50%% of the client's own ceiling, or "
+        "whose event loop lagged, are marked client-bound."
     )
     where = bench.add_argument_group("server")
     where.add_argument(
@@ -294,7 +268,6 @@ def _bench_parser(commands: Any) -> None:
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="a live progress line on stderr (default: when stderr is a terminal)",
     )  # fmt: skip
-    _debug_flag(bench, argparse.SUPPRESS)
 
 
 # -- shared pieces ---------------------------------------------------------------------------
@@ -919,12 +892,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 # -- main ------------------------------------------------------------------------------------
-_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "chat": _cmd_chat,
-    "batch": _cmd_batch,
-    "models": _cmd_models,
-    "serve": _cmd_serve,
-    "bench": _cmd_bench,
+@dataclass(frozen=True)
+class _Command:
+    """A subcommand: its line in ``ylokh --help``, what adds its flags (and the text of its
+    own ``--help``), and what runs it."""
+
+    help: str
+    add_flags: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# In the order `ylokh --help` lists them.
+_COMMANDS = {
+    "chat": _Command("ask a question (or chat interactively)", _chat_flags, _cmd_chat),
+    "batch": _Command("answer many prompts from a JSONL file", _batch_flags, _cmd_batch),
+    "models": _Command("list the server's models (/v1/models)", _models_flags, _cmd_models),
+    "serve": _Command("run the bundled OpenAI-compatible test server", _serve_flags, _cmd_serve),
+    "bench": _Command(
+        "measure a server under load (latency, throughput, goodput)", _bench_flags, _cmd_bench
+    ),
 }
 
 
@@ -950,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
     level = _logger.level
     _logger.setLevel(logging.DEBUG if args.debug else logging.WARNING)
     try:
-        return _COMMANDS[args.command](args)
+        return _COMMANDS[args.command].run(args)
     except UsageError as exc:
         # The subcommand's own usage line: the flags it takes, not the command list.
         getattr(args, "command_parser", parser).error(str(exc))  # exits 2

@@ -15,19 +15,32 @@ from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from typing import Any
 
 from ._base import SETTING_NAMES
-from ._protocol import SEED_DEFAULTS, SEED_URL
+from ._protocol import SEED_DEFAULTS, SEED_URL, validate_messages
 from ._stats import Stats
 
 __all__ = ["Ylokh"]
 
 
-def _payload(kwargs: dict[str, Any]) -> dict[str, Any]:
+def _call_options(
+    messages: list[dict[str, Any]],
+    model: str,
+    proxy: str | None,
+    timeout: float,
+    kwargs: dict[str, Any],
+) -> dict[str, Any]:
+    """The keyword arguments of the client call both entry points make: the seed's payload
+    defaults with ``kwargs`` over them, its headers, the connection options.
+
+    Raises:
+        InvalidRequestError: bad messages, so bad input fails before any traffic.
+    """
+    validate_messages(messages)
     options = dict(SEED_DEFAULTS)
     options.update(kwargs)
     headers = {"Origin": SEED_URL, "Referer": SEED_URL + "/"}
     headers.update(options.pop("headers", None) or {})
     options["headers"] = headers
-    return options
+    return {"model": model, "proxy": proxy, "timeout": timeout, **options}
 
 
 class _AsyncResult:
@@ -108,28 +121,21 @@ class Ylokh:
         """
         from ._api import _default_async_client
 
-        options = _payload(kwargs)
+        # Checked now, so bad input fails before any traffic and before iteration.
+        options = _call_options(messages, model, proxy, timeout, kwargs)
 
         async def generate() -> AsyncGenerator[str, None]:
             client = _default_async_client()
             if stream:
-                async with client.stream(
-                    messages, model=model, proxy=proxy, timeout=timeout, **options
-                ) as answer:
+                async with client.stream(messages, **options) as answer:
                     result.stats = answer.stats
                     async for text in answer:
                         yield text
             else:
-                completion = await client.complete(
-                    messages, model=model, proxy=proxy, timeout=timeout, **options
-                )
+                completion = await client.complete(messages, **options)
                 result.stats = completion.stats
                 yield completion
 
-        # validate now, so bad input fails before any traffic and before iteration
-        from ._protocol import validate_messages
-
-        validate_messages(messages)
         result = _AsyncResult(generate())
         return result
 
@@ -145,17 +151,13 @@ class Ylokh:
     ) -> Iterator[str]:
         """The blocking twin of :meth:`create_async_generator`: yields the same text."""
         from ._api import _default_client
-        from ._protocol import validate_messages
 
-        validate_messages(messages)
-        options = _payload(kwargs)
+        options = _call_options(messages, model, proxy, timeout, kwargs)
         client = _default_client()
         if not stream:
-            completion = client.complete(
-                messages, model=model, proxy=proxy, timeout=timeout, **options
-            )
+            completion = client.complete(messages, **options)
             return _Result(iter([completion]), completion.stats)
-        answer = client.stream(messages, model=model, proxy=proxy, timeout=timeout, **options)
+        answer = client.stream(messages, **options)
         return _Result(iter(answer), answer.stats)
 
     @classmethod

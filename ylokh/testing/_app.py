@@ -20,7 +20,7 @@ import zlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from aiohttp import HttpVersion11, web
 
@@ -777,6 +777,20 @@ async def _not_found(request: web.Request) -> web.StreamResponse:
 
 async def _on_shutdown(app: web.Application) -> None:
     app[STATE].stopping = True  # ends stalls and pauses so shutdown is quick
+
+
+class AppOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`make_app`, which :class:`~ylokh.testing.Server` and
+    :func:`~ylokh.testing.serve` pass on (the defaults are make_app's)."""
+
+    fault: str | Fault | None
+    chunks: int | None
+    delay: float
+    api_key: str | None
+    model: str
+    ttft: float
+    itl: float
+    jitter: float
 
 
 def make_app(

@@ -1,8 +1,9 @@
 """Fault specs: parsing the ``item;item=value`` strings that tell the test server to misbehave.
 
 The grammar is one table (:data:`_ITEMS`) mapping an item name to the :class:`Fault` field it
-sets and the converter for its value, so a new fault is one table row plus the code that acts on
-the new field.
+sets and the converter for its value. The table is made from the fields themselves (the item
+``stall-after`` sets ``stall_after``, converted as its type says), so a new fault is one field
+plus the code that acts on it.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = ["Fault"]
 
@@ -21,6 +22,8 @@ DEFAULT_SLOW = 0.01
 ERROR_SHAPES = ("openai", "string", "message", "detail", "text", "html")
 FRAMINGS = ("chunked", "length", "close")
 EOLS = {"lf": "\n", "crlf": "\r\n", "cr": "\r"}
+
+_N = TypeVar("_N", int, float)
 
 
 @dataclass(frozen=True)
@@ -160,12 +163,16 @@ def _need(name: str, arg: str | None) -> str:
     return arg
 
 
-def _count(name: str, arg: str | None) -> int:
+def _read(name: str, arg: str | None, kind: Callable[[str], _N], what: str) -> _N:
     text = _need(name, arg)
     try:
-        number = int(text)
+        return kind(text)
     except ValueError:
-        raise ValueError(f"fault item {name!r} needs a whole number, got {text!r}") from None
+        raise ValueError(f"fault item {name!r} needs {what}, got {text!r}") from None
+
+
+def _count(name: str, arg: str | None) -> int:
+    number = _read(name, arg, int, "a whole number")
     if number < 0:
         raise ValueError(f"fault item {name!r} must not be negative, got {number}")
     return number
@@ -179,13 +186,9 @@ def _status(name: str, arg: str | None) -> int:
 
 
 def _seconds(name: str, arg: str | None) -> float:
-    text = _need(name, arg)
-    try:
-        number = float(text)
-    except ValueError:
-        raise ValueError(f"fault item {name!r} needs seconds, got {text!r}") from None
-    if not number >= 0:
-        raise ValueError(f"fault item {name!r} must not be negative, got {text!r}")
+    number = _read(name, arg, float, "seconds")
+    if not number >= 0:  # refuses nan too
+        raise ValueError(f"fault item {name!r} must not be negative, got {arg!r}")
     return number
 
 
@@ -223,48 +226,33 @@ def _header(arg: str | None) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-# item name -> (Fault field, converter(name, value-or-None)).
-_ITEMS: dict[str, tuple[str, Callable[[str, str | None], Any]]] = {
-    "status": ("status", _status),
-    "error-shape": ("error_shape", _choice(ERROR_SHAPES)),
-    "retry-after": ("retry_after", _text),
-    "retry-after-ms": ("retry_after_ms", _text),
-    "echo-auth": ("echo_auth", _flag),
-    "reset": ("reset", _flag),
-    "stall": ("stall", _optional_seconds(DEFAULT_STALL)),
-    "stall-after": ("stall_after", _count),
-    "truncate": ("truncate", _flag),
-    "truncate-after": ("truncate_after", _count),
-    "reset-after": ("reset_after", _count),
-    "malformed": ("malformed", _flag),
-    "malformed-after": ("malformed_after", _count),
-    "error-after": ("error_after", _count),
-    "slow": ("slow", _optional_seconds(DEFAULT_SLOW)),
-    "html": ("html", _flag),
-    "empty": ("empty", _flag),
-    "json-stream": ("json_stream", _flag),
-    "eol": ("eol", _eol),
-    "comments": ("comments", _flag),
-    "fields": ("fields", _flag),
-    "bom": ("bom", _flag),
-    "split-utf8": ("split_utf8", _flag),
-    "long-line": ("long_line", _count),
-    "gzip": ("gzip", _flag),
-    "framing": ("framing", _choice(FRAMINGS)),
-    "usage-chunk": ("usage_chunk", _flag),
-    "no-role": ("no_role", _flag),
-    "null-content": ("null_content", _flag),
-    "single-newline": ("single_newline", _flag),
-    "no-space": ("no_space", _flag),
-    "extra-fields": ("extra_fields", _flag),
-    "reasoning": ("reasoning", _flag),
-    "tools": ("tools", _flag),
-    "no-done": ("no_done", _flag),
-    "no-finish": ("no_finish", _flag),
-    "delay": ("delay", _seconds),
-    "chunks": ("chunks", _count),
-    "ttft": ("ttft", _seconds),
-    "itl": ("itl", _seconds),
-    "jitter": ("jitter", _seconds),
-    "timings": ("timings", _flag),
+Converter = Callable[[str, str | None], Any]  # (item name, value or None) -> field value
+
+# A field's value is converted as its type says (the annotations are strings, as
+# ``from __future__ import annotations`` makes them), unless _BY_FIELD names a converter.
+_BY_TYPE: dict[str, Converter] = {
+    "bool": _flag,
+    "int | None": _count,
+    "float | None": _seconds,
+    "str | None": _text,
+}
+_BY_FIELD: dict[str, Converter] = {
+    "status": _status,
+    "error_shape": _choice(ERROR_SHAPES),
+    "stall": _optional_seconds(DEFAULT_STALL),
+    "slow": _optional_seconds(DEFAULT_SLOW),
+    "eol": _eol,
+    "framing": _choice(FRAMINGS),
+}
+
+# item name -> (Fault field, converter): every field but ``spec`` and ``headers`` (which the
+# repeatable ``header`` item fills), named with dashes. A field of a new type fails here,
+# at import, until it has a converter.
+_ITEMS: dict[str, tuple[str, Converter]] = {
+    field.name.replace("_", "-"): (
+        field.name,
+        _BY_FIELD.get(field.name) or _BY_TYPE[str(field.type)],
+    )
+    for field in dataclasses.fields(Fault)
+    if field.name not in ("spec", "headers")
 }

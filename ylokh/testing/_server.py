@@ -7,12 +7,15 @@ import ssl as _ssl
 import threading
 from collections.abc import Iterable
 from types import TracebackType
-from typing import final
+from typing import TYPE_CHECKING, final
 
 from aiohttp import web
 
-from ._app import STATE, RecordedRequest, make_app
+from ._app import STATE, AppOptions, RecordedRequest, make_app
 from ._fault import Fault
+
+if TYPE_CHECKING:  # typing.Unpack is 3.11+; annotations are never evaluated at run time
+    from typing_extensions import Unpack
 
 __all__ = ["Server", "serve"]
 
@@ -26,10 +29,12 @@ class Server:
     """A real OpenAI-compatible HTTP server for tests, benchmarks and offline demos.
 
     Use it as a context manager (``with Server() as srv`` or ``async with``); ``srv.base_url``
-    is the ``/v1`` URL to point a client at. ``fault`` is the default fault spec for every
+    is the ``/v1`` URL to point a client at; ``ssl`` serves HTTPS. The other options are
+    :func:`make_app`'s (:class:`AppOptions`): ``fault`` is the default fault spec for every
     request (see :class:`Fault`); ``chunks`` fixes the number of content chunks; ``delay`` is
     the pause between chunks; ``api_key`` makes the server demand ``Authorization: Bearer``;
-    ``ttft``, ``itl`` and ``jitter`` give streamed answers known latencies.
+    ``model`` is the name it answers as (``ylokh-echo``); ``ttft``, ``itl`` and ``jitter``
+    give streamed answers known latencies.
     """
 
     def __init__(
@@ -37,20 +42,10 @@ class Server:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        fault: str | Fault | None = None,
-        chunks: int | None = None,
-        delay: float = 0.0,
         ssl: _ssl.SSLContext | None = None,
-        api_key: str | None = None,
-        model: str = "ylokh-echo",
-        ttft: float = 0.0,
-        itl: float = 0.0,
-        jitter: float = 0.0,
+        **options: Unpack[AppOptions],
     ) -> None:
-        self._app = make_app(
-            fault=fault, chunks=chunks, delay=delay, api_key=api_key, model=model,
-            ttft=ttft, itl=itl, jitter=jitter,
-        )  # fmt: skip
+        self._app = make_app(**options)
         self._state = self._app[STATE]
         self._host = host
         self._port = port
@@ -213,30 +208,12 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     *,
-    fault: str | Fault | None = None,
-    chunks: int | None = None,
-    delay: float = 0.0,
     ssl: _ssl.SSLContext | None = None,
-    api_key: str | None = None,
-    model: str = "ylokh-echo",
-    ttft: float = 0.0,
-    itl: float = 0.0,
-    jitter: float = 0.0,
+    **options: Unpack[AppOptions],
 ) -> None:
-    """Run the server in the foreground until Ctrl-C (what ``ylokh serve`` calls)."""
-    server = Server(
-        host=host,
-        port=port,
-        fault=fault,
-        chunks=chunks,
-        delay=delay,
-        ssl=ssl,
-        api_key=api_key,
-        model=model,
-        ttft=ttft,
-        itl=itl,
-        jitter=jitter,
-    )
+    """Run a :class:`Server` in the foreground until Ctrl-C (what ``ylokh serve`` calls);
+    the options are the server's."""
+    server = Server(host=host, port=port, ssl=ssl, **options)
     with server:
         print(
             f"ylokh test server listening on {server.base_url} (Ctrl-C to stop)",

@@ -297,3 +297,20 @@ def test_a_streams_repr_says_closed_after_break_and_complete_at_the_end(
     done = face.stream("one two", base_url=server.base_url)
     assert " complete," in repr(done.stream)
     assert " open," in repr(ylokh.stream("not sent yet", base_url=server.base_url))
+
+
+def test_a_streams_repr_says_open_while_it_is_read(face: Any, server: Server) -> None:
+    seen: list[str] = []
+    if face.name == "sync":
+        stream = ylokh.stream("one two", base_url=server.base_url)
+        for _ in stream:
+            seen.append(repr(stream))
+    else:
+
+        async def read() -> None:
+            stream = ylokh.astream("one two", base_url=server.base_url)
+            async for _ in stream:
+                seen.append(repr(stream))
+
+        face.run(read())
+    assert seen and all(" open," in r for r in seen), seen

@@ -299,9 +299,7 @@ async def _nothing() -> AsyncGenerator[str, None]:
 
 async def _run(client: AsyncClient, call: Call) -> AsyncGenerator[str, None]:
     """Read one answer: open it (retried), then hand out deltas as bytes arrive."""
-    error: BaseException | None = None
-    response: aiohttp.ClientResponse | None = None
-    try:
+    with call.running():
         response, deltas = await client._open(call)
         for text in deltas:
             yield text
@@ -314,21 +312,6 @@ async def _run(client: AsyncClient, call: Call) -> AsyncGenerator[str, None]:
                     yield text
         call.finish()
         await _finish(response)
-    except YlokhError as exc:
-        error = call.failed(exc)
-        if error is exc:
-            raise
-        raise error from exc
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        if call.close is not None:
-            call.close()  # the response, and its watchdog
-        elif response is not None:
-            response.close()
-        call.close = None
-        call.end(error)
 
 
 def _watch(call: Call, response: aiohttp.ClientResponse) -> Callable[[], None]:

@@ -428,6 +428,27 @@ class Call:
         for callback in self.on_complete:
             callback(self)
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """A face's whole read of the call: partial text wrapped once (:meth:`failed`),
+        then, whatever happened, the response closed (``close``) and the call ended."""
+        error: BaseException | None = None
+        try:
+            yield
+        except YlokhError as exc:
+            error = self.failed(exc)
+            if error is exc:
+                raise
+            raise error from exc
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            close, self.close = self.close, None
+            if close is not None:
+                close()
+            self.end(error)
+
     def end(self, error: BaseException | None = None) -> None:
         """The call is over (answered, failed or abandoned): release the endpoint and
         write the DEBUG line."""

@@ -15,7 +15,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 from ._errors import InvalidRequestError
 
@@ -231,23 +231,28 @@ def _from_env(env: Mapping[str, str], name: str) -> str | None:
     return value.strip() or None if value is not None else None
 
 
-def resolve_settings(
-    *,
-    base_url: str | list[str] | tuple[str, ...] | None = None,
-    api_key: str | None = None,
-    timeout: object = None,
-    max_retries: int | None = None,
-    proxy: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    verify: bool | str = True,
-    env: Mapping[str, str] | None = None,
-) -> Settings:
-    """Resolve arguments > ``YLOKH_*`` environment variables > defaults. Surrounding
-    whitespace is stripped; an invalid ``YLOKH_*`` value names the variable.
+#: The settings a client takes (besides ``model``), as :func:`resolve_settings` reads them.
+SETTING_NAMES = frozenset(
+    ("base_url", "api_key", "timeout", "max_retries", "proxy", "headers", "verify")
+)
+
+
+def resolve_settings(env: Mapping[str, str] | None = None, **args: Any) -> Settings:
+    """Resolve arguments > ``YLOKH_*`` environment variables > defaults. ``args`` are
+    :class:`ylokh.Client`'s settings, by name (``None``: unset). Surrounding whitespace
+    is stripped; an invalid ``YLOKH_*`` value names the variable.
 
     Raises:
         InvalidRequestError: a setting has an invalid value.
     """
+    unknown = set(args) - SETTING_NAMES
+    if unknown:
+        raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+    base_url = args.get("base_url")
+    api_key = args.get("api_key")
+    timeout = args.get("timeout")
+    max_retries = args.get("max_retries")
+    verify = args.get("verify", True)
     env = os.environ if env is None else env
     if base_url is not None and base_url != "":
         urls = split_urls(base_url)
@@ -297,8 +302,8 @@ def resolve_settings(
         api_key=key,
         timeout=resolved_timeout,
         max_retries=_int_setting(retries_name, retries),
-        proxy=resolve_proxy(urls[0], proxy, env),
-        headers=_check_headers(headers) if headers is not None else {},
+        proxy=resolve_proxy(urls[0], args.get("proxy"), env),
+        headers=_check_headers(headers) if (headers := args.get("headers")) is not None else {},
         verify=verify,
     )
 

@@ -247,10 +247,9 @@ def _loop(iterator: Generator[str, None, None]) -> Generator[str, None, None]:
 
 def _run(client: Client, call: Call) -> Generator[str, None, None]:
     """Read one answer: open it (retried), then hand out deltas as bytes arrive."""
-    error: BaseException | None = None
-    response: requests.Response | None = None
-    try:
+    with call.running():
         response, read, deltas = client._open(call)
+        call.close = response.close
         yield from deltas
         answer = call.answer
         raw = response.raw
@@ -262,18 +261,6 @@ def _run(client: Client, call: Call) -> Generator[str, None, None]:
                 yield from call.feed(data, not data)
         call.finish()
         _finish(response, read)
-    except YlokhError as exc:
-        error = call.failed(exc)
-        if error is exc:
-            raise
-        raise error from exc
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        if response is not None:
-            response.close()
-        call.end(error)
 
 
 def _finish(response: requests.Response, read: Callable[..., bytes]) -> None:

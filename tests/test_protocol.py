@@ -307,3 +307,14 @@ def test_a_callers_header_replaces_ours_and_an_earlier_one_in_any_case() -> None
     headers = build_headers(settings, stream=True)
     assert [v for k, v in headers.items() if k.lower() == "accept-encoding"] == ["identity"]
     assert [v for k, v in headers.items() if k.lower() == "x-a"] == ["2"]
+
+
+@pytest.mark.parametrize(
+    ("value", "model"), [("  mx \n", "mx"), ("   ", "gpt-3.5-turbo"), ("", "gpt-3.5-turbo")]
+)
+def test_ylokh_model_is_stripped_and_a_blank_one_falls_back(value: str, model: str) -> None:
+    settings = resolve_settings(base_url="http://h:1/v1", env={})
+    request = build_request(
+        settings, "hi", model=None, stream=True, options={}, env={"YLOKH_MODEL": value}
+    )
+    assert json.loads(request.body)["model"] == model

@@ -1202,3 +1202,17 @@ def test_an_error_inside_a_users_headers_mapping_propagates_untouched(
         call()
     assert not isinstance(caught.value, YlokhError)
     assert raw.connections == []
+
+
+@pytest.mark.parametrize("fault", ["reset", "truncate", "reset-after=2"])
+def test_a_broken_connection_is_named_the_same_in_one_plain_line(
+    face: Any, server: Server, fault: str
+) -> None:
+    """The same words on both faces (a reset once connected is not a failure to connect),
+    and aiohttp's multi-line texts ("400, message:\\n ...") become one plain line."""
+    out = face.stream("one two three four", base_url=server.base_url, max_retries=0,
+                      ylokh_fault=fault)  # fmt: skip
+    message = str(out.error)
+    assert isinstance(out.error, APIConnectionError), repr(out.error)
+    assert "broke off (closed or reset by the server): " in message, message
+    assert "\n" not in message and "message:" not in message and "400" not in message, message

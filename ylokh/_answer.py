@@ -172,8 +172,8 @@ class Answer:
         """The body ended: raise why the answer is unusable, if it is.
 
         Raises:
-            ProtocolError: nothing, or not an event stream, was sent.
-            IncompleteStreamError: the stream ended before its end was announced.
+            ProtocolError: nothing, not an event stream, or no text was sent.
+            IncompleteStreamError: the stream ended after text, before its end was announced.
         """
         self.ended = True
         if self.pending is not None or self.done or self.finish_reason:
@@ -188,8 +188,9 @@ class Answer:
                 "(no [DONE] and no finish_reason)",
                 self.text,
             )
-        raise IncompleteStreamError(
-            "the stream ended before any text and without [DONE] or a finish_reason", ""
+        # no text reached the caller: the server's answer is not a whole stream (SPEC)
+        raise self.protocol_error(
+            "the stream ended before any text, without [DONE] or a finish_reason"
         )
 
     # -- errors ---------------------------------------------------------------------------

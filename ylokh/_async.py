@@ -22,6 +22,7 @@ import aiohttp
 from . import _compat
 from ._base import (
     FIRST_READ_SIZE,
+    OS_FAILURES,
     BaseClient,
     BaseStream,
     Call,
@@ -38,8 +39,6 @@ FAILURES: dict[type, Failure | Inside] = {
     aiohttp.ServerTimeoutError: Failure.READ_TIMEOUT,
     asyncio.TimeoutError: Failure.TOTAL_TIMEOUT,  # the call refines it by its deadlines
     aiohttp.ClientSSLError: Failure.TLS,
-    ssl.SSLError: Failure.TLS,
-    ssl.CertificateError: Failure.TLS,
     aiohttp.ClientProxyConnectionError: Failure.PROXY,
     aiohttp.ClientHttpProxyError: Failure.PROXY,
     aiohttp.InvalidURL: Failure.INVALID,
@@ -50,11 +49,9 @@ FAILURES: dict[type, Failure | Inside] = {
     aiohttp.http_exceptions.HttpProcessingError: Failure.PROTOCOL,
     aiohttp.ClientResponseError: Failure.PROTOCOL,
     aiohttp.ClientConnectorError: Failure.CONNECT,
-    aiohttp.ClientOSError: Failure.CONNECT,
+    aiohttp.ClientOSError: Inside(Failure.CONNECT),  # a reset once connected is inside
     aiohttp.ClientConnectionError: Failure.CONNECT,
-    ConnectionResetError: Failure.RESET,
-    ConnectionRefusedError: Failure.CONNECT,
-    OSError: Failure.CONNECT,
+    **OS_FAILURES,
 }
 _Opened = tuple[aiohttp.ClientResponse, list[str]]
 

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import re
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
@@ -516,6 +517,18 @@ class Inside(NamedTuple):
 #: A face's table: exception class -> kind (or :class:`Inside` for a wrapper).
 Table = Mapping[type, "Failure | Inside"]
 
+#: What the system's socket and TLS errors mean, the same on both faces (each face's
+#: table adds its library's classes, and its own view of timeouts).
+OS_FAILURES: dict[type, Failure | Inside] = {
+    ConnectionResetError: Failure.RESET,
+    ConnectionAbortedError: Failure.RESET,
+    BrokenPipeError: Failure.RESET,
+    ConnectionRefusedError: Failure.CONNECT,
+    ssl.SSLError: Failure.TLS,
+    ssl.CertificateError: Failure.TLS,
+    OSError: Failure.CONNECT,
+}
+
 
 def kind_of(exc: BaseException, table: Table) -> Failure | None:
     """The kind of failure ``exc`` is, by the most specific class in ``table`` along its
@@ -561,9 +574,11 @@ def describe(exc: BaseException) -> str:
     for inner in reversed(chain):
         if isinstance(inner, OSError) and inner.strerror:
             return inner.strerror
-    text = str(chain[-1]) or str(exc)
-    text = _NOISE.sub("", text).strip().strip("'\"")
-    return text or type(chain[-1]).__name__
+    inner = chain[-1]
+    message = getattr(inner, "message", None)  # aiohttp's own, without its "400, message:"
+    text = message if isinstance(message, str) and message else str(inner) or str(exc)
+    text = " ".join(_NOISE.sub("", text).split()).strip("'\"")
+    return text or type(inner).__name__
 
 
 @contextlib.contextmanager

@@ -142,7 +142,7 @@ def resolve_model(model: str | None, env: Mapping[str, str]) -> str:
     """``model`` > ``YLOKH_MODEL`` > the default; an empty model falls back, as in the seed."""
     if model is not None and not isinstance(model, str):
         raise InvalidRequestError(f"model must be a str, got {type(model).__name__}")
-    return model or env.get("YLOKH_MODEL") or DEFAULT_MODEL
+    return model or env.get("YLOKH_MODEL", "").strip() or DEFAULT_MODEL
 
 
 def build_headers(settings: Settings, *, stream: bool, seed: bool = False) -> dict[str, str]:

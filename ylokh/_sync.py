@@ -9,7 +9,6 @@ stream then reads whatever the socket has and feeds it to the call. ``requests``
 from __future__ import annotations
 
 import http.client
-import ssl
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterator
@@ -22,6 +21,7 @@ import urllib3.exceptions as u3
 from . import _compat
 from ._base import (
     FIRST_READ_SIZE,
+    OS_FAILURES,
     READ_SIZE,
     BaseClient,
     BaseStream,
@@ -43,8 +43,6 @@ FAILURES: Table = {
     TimeoutError: Failure.READ_TIMEOUT,
     requests.exceptions.SSLError: Failure.TLS,
     u3.SSLError: Failure.TLS,
-    ssl.SSLError: Failure.TLS,
-    ssl.CertificateError: Failure.TLS,
     requests.exceptions.ProxyError: Failure.PROXY,
     u3.ProxyError: Failure.PROXY,
     requests.exceptions.InvalidURL: Failure.INVALID,
@@ -55,17 +53,13 @@ FAILURES: Table = {
     http.client.IncompleteRead: Failure.RESET,
     u3.IncompleteRead: Failure.RESET,
     u3.InvalidChunkLength: Failure.PROTOCOL,  # a chunk size that is not hex
-    ConnectionResetError: Failure.RESET,
-    ConnectionAbortedError: Failure.RESET,
-    BrokenPipeError: Failure.RESET,
     http.client.HTTPException: Failure.PROTOCOL,
     u3.NewConnectionError: Failure.CONNECT,
-    ConnectionRefusedError: Failure.CONNECT,
-    OSError: Failure.CONNECT,
     requests.ConnectionError: Inside(Failure.CONNECT),
     requests.exceptions.ChunkedEncodingError: Inside(Failure.RESET),
     u3.MaxRetryError: Inside(Failure.CONNECT),
     u3.ProtocolError: Inside(Failure.RESET),
+    **OS_FAILURES,
 }
 _Opened = tuple[requests.Response, Callable[..., bytes], list[str]]
 

@@ -113,7 +113,7 @@ def _model_flags(parser: argparse.ArgumentParser, *, short_option: bool = True) 
         action="append",
         default=[],
         help="any payload option, the value read as JSON (repeatable): "
-        "-o top_p=0.9 -o seed=1 -o 'stop=[\"END\"]'",
+        f"{names[0]} top_p=0.9 {names[0]} seed=1 {names[0]} 'stop=[\"END\"]'",
     )
 
 
@@ -225,7 +225,7 @@ def _bench_flags(bench: argparse.ArgumentParser) -> None:
     bench.description = (
         "Measure an OpenAI-compatible server with ylokh's async client: TTFT, inter-token "
         "latency, TPOT and end-to-end latency (mean, p50, p90, p99), throughput, errors "
-        "and goodput per load level. Levels within 50%% of the client's own ceiling, or "
+        "and goodput per load level. Levels within 50% of the client's own ceiling, or "
         "whose event loop lagged, are marked client-bound."
     )
     where = bench.add_argument_group("server")

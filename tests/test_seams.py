@@ -1215,4 +1215,4 @@ def test_a_broken_connection_is_named_the_same_in_one_plain_line(
     message = str(out.error)
     assert isinstance(out.error, APIConnectionError), repr(out.error)
     assert "broke off (closed or reset by the server): " in message, message
-    assert "\n" not in message and "message:" not in message and "400" not in message, message
+    assert "\n" not in message and "message:" not in message and "400," not in message, message

@@ -452,32 +452,55 @@ def _signed(value: float | None) -> str:
 
 
 def table(levels: list[dict[str, Any]]) -> str:
-    """The comparison as a Markdown table (means; p50s are in the JSON). The server's
-    TTFT runs from a request's arrival (uvicorn's access line) to its first token."""
+    """Each run against the server's log of its own requests, as a Markdown table (means;
+    p50s are in the JSON). The server's TTFT runs from a request's arrival (uvicorn's
+    access line) to its first token."""
     rows = [
-        "| client | c | TTFT ms | server TTFT | diff | of which waiting / llama.cpp compute "
-        "| TPOT ms | server wall/token | diff | eval/run | diff | e2e ms | server | diff "
-        "| tokens (server runs) |",
-        "| --- |" * 1 + " --- |" * 14,
+        "| client | c | round | TTFT ms | server TTFT | diff | of which waiting / llama.cpp "
+        "compute | TPOT ms | server wall/token | diff | eval/run | diff | e2e ms | server "
+        "| diff | tokens (server runs) |",
+        "| --- |" + " --- |" * 15,
     ]
     for level in levels:
-        for name in ("ylokh bench", "aiperf"):
-            got = level.get(name)
-            if not got:
-                continue
-            c, s, d = got["client"], got["server"], got["diff"]
-            mean = "mean"
-            tokens = f"{c['tokens']['min']:g}-{c['tokens']['max']:g} ({s['runs']:g})"
-            rows.append(
-                f"| {name} | {level['concurrency']} | {_ms(c['ttft_s'][mean])} "
-                f"| {_ms(s['ttft_s'][mean])} | {_signed(d['ttft_mean_pct'])} "
-                f"| {_ms(s['waited_s'][mean])} / {_ms(s['first_compute_s'][mean])} "
-                f"| {_ms(c['tpot_s'][mean])} | {_ms(s['tpot_wall_s'][mean])} "
-                f"| {_signed(d['tpot_mean_pct'])} | {_ms(s['tpot_eval_s'][mean])} "
-                f"| {_signed(d['tpot_vs_eval_mean_pct'])} | {_ms(c['e2e_s'][mean])} "
-                f"| {_ms(s['e2e_s'][mean])} | {_signed(d['e2e_mean_pct'])} | {tokens} |"
-            )
+        for name, runs in level["runs"].items():
+            for i, got in enumerate(runs):
+                c, s, d = got["client"], got["server"], got["diff"]
+                tokens = f"{c['tokens']['min']:g}-{c['tokens']['max']:g} ({s['runs']:g})"
+                rows.append(
+                    f"| {name} | {level['concurrency']} | {i + 1} | {_ms(c['ttft_s']['mean'])} "
+                    f"| {_ms(s['ttft_s']['mean'])} | {_signed(d['ttft_mean_pct'])} "
+                    f"| {_ms(s['waited_s']['mean'])} / {_ms(s['first_compute_s']['mean'])} "
+                    f"| {_ms(c['tpot_s']['mean'])} | {_ms(s['tpot_wall_s']['mean'])} "
+                    f"| {_signed(d['tpot_mean_pct'])} | {_ms(s['tpot_eval_s']['mean'])} "
+                    f"| {_signed(d['tpot_vs_eval_mean_pct'])} | {_ms(c['e2e_s']['mean'])} "
+                    f"| {_ms(s['e2e_s']['mean'])} | {_signed(d['e2e_mean_pct'])} | {tokens} |"
+                )
     return "\n".join(rows)
+
+
+def versus(levels: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """ylokh bench against AIPerf: the medians over the interleaved rounds of each one's
+    means, as a Markdown table and as data."""
+    rows = [
+        "| c | TTFT ms ylokh / AIPerf | diff | TPOT ms ylokh / AIPerf | diff "
+        "| e2e ms ylokh / AIPerf | diff |",
+        "| --- |" + " --- |" * 6,
+    ]
+    found = []
+    for level in levels:
+        runs = level["runs"]
+        if not runs.get("aiperf") or not runs.get("ylokh bench"):
+            continue
+        row: dict[str, Any] = {"concurrency": level["concurrency"]}
+        cells = [str(level["concurrency"])]
+        for key in ("ttft_s", "tpot_s", "e2e_s"):
+            mine = _p50([r["client"][key]["mean"] for r in runs["ylokh bench"]])
+            theirs = _p50([r["client"][key]["mean"] for r in runs["aiperf"]])
+            row[key] = {"ylokh bench": mine, "aiperf": theirs, "pct": _pct(mine, theirs)}
+            cells += [f"{_ms(mine)} / {_ms(theirs)}", _signed(_pct(mine, theirs))]
+        rows.append("| " + " | ".join(cells) + " |")
+        found.append(row)
+    return "\n".join(rows), found
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -489,6 +512,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=64, help="default 64")
     parser.add_argument("--warmup", type=int, default=2, help="uncounted calls (default 2)")
     parser.add_argument("--aiperf", help="AIPerf's executable: run it on the same load too")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (default 1)")
     parser.add_argument("--tokenizer", help="a tokenizer folder for AIPerf (default: made)")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--log", help="keep the server's log here")
@@ -511,30 +535,42 @@ def main(argv: list[str] | None = None) -> int:
     levels: list[dict[str, Any]] = []
     try:
         for c in (int(v) for v in args.concurrency.split(",")):
-            level: dict[str, Any] = {"concurrency": c, "requests": args.requests}
-            level["ylokh bench"] = bench_level(
-                server, c, args.requests, args.max_tokens, args.warmup
-            )
+            runs: dict[str, list[dict[str, Any]]] = {"ylokh bench": []}
             if args.aiperf and tokenizer is not None:
-                level["aiperf"] = aiperf_level(
-                    args.aiperf, server, tokenizer, work, c, args.requests, args.max_tokens,
-                    max(args.warmup, c), pin,
-                )  # fmt: skip
-            levels.append(level)
-            print(f"concurrency {c} done", file=sys.stderr)
+                runs["aiperf"] = []
+            for r in range(args.rounds):  # interleaved, the first alternating
+                names = list(runs)[r % len(runs) :] + list(runs)[: r % len(runs)]
+                for name in names:
+                    if name == "aiperf":
+                        assert args.aiperf is not None
+                        assert tokenizer is not None
+                        got = aiperf_level(
+                            args.aiperf, server, tokenizer, work, c, args.requests,
+                            args.max_tokens, max(args.warmup, c), pin,
+                        )  # fmt: skip
+                    else:
+                        got = bench_level(server, c, args.requests, args.max_tokens, args.warmup)
+                    runs[name].append(got)
+                    print(f"concurrency {c}, round {r + 1}: {name} done", file=sys.stderr)
+            levels.append({"concurrency": c, "requests": args.requests, "runs": runs})
     finally:
         server.close()
     import llama_cpp
 
     import ylokh
 
+    against, summary = versus(levels)
     report = {
         "tool": "benchmarks.llamacpp", "ylokh": ylokh.__version__,
         "llama_cpp_python": llama_cpp.__version__, "model": model.name,
         "max_tokens": args.max_tokens, "prompt": PROMPT, "sampling": SAMPLING, "pinned": pin,
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "levels": levels,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "rounds": args.rounds,
+        "levels": levels, "versus_aiperf": summary,
     }  # fmt: skip
     print(table(levels))
+    if summary:
+        print()
+        print(against)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

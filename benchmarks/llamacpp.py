@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import re
@@ -342,6 +343,19 @@ def _compare(client: dict[str, Any], server: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Failures(logging.Handler):
+    """The ylokh logger's lines about failed calls (its DEBUG line per failed request)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING or "failed" in message or "not complete" in message:
+            self.messages.append(message)
+
+
 def bench_level(
     server: LlamaServer, concurrency: int, requests: int, max_tokens: int, warmup: int
 ) -> dict[str, Any]:
@@ -349,11 +363,20 @@ def bench_level(
     import ylokh.bench
 
     before = server.parsed()
-    result = ylokh.bench.run(
-        server.base_url, model=MODEL, concurrency=concurrency, requests=requests,
-        warmup=warmup, prompt=PROMPT, max_tokens=max_tokens, options=SAMPLING,
-        progress=False,
-    )  # fmt: skip
+    failures = _Failures()
+    logger = logging.getLogger("ylokh")
+    level_was = logger.level
+    logger.addHandler(failures)
+    logger.setLevel(logging.DEBUG)
+    try:
+        result = ylokh.bench.run(
+            server.base_url, model=MODEL, concurrency=concurrency, requests=requests,
+            warmup=warmup, prompt=PROMPT, max_tokens=max_tokens, options=SAMPLING,
+            progress=False,
+        )  # fmt: skip
+    finally:
+        logger.removeHandler(failures)
+        logger.setLevel(level_was)
     level = result.levels[0]
     sent = requests + (max(warmup, concurrency) if warmup else 0)
     measured = _measured(before, server.parsed(len(before.timings) + sent), requests)
@@ -368,6 +391,11 @@ def bench_level(
         "tpot_s": {k: doc["tpot_s"][k] for k in ("mean", "p50")},
         "e2e_s": {k: doc["e2e_s"][k] for k in ("mean", "p50")},
         "ceiling": result.client_ceiling,
+        "failed": [
+            {"error": x.error, "ttft_s": x.ttft, "e2e_s": x.e2e, "tokens": x.tokens}
+            for x in level.samples if x.error is not None
+        ],
+        "failure_messages": failures.messages[:10],
     }  # fmt: skip
     side = _server_side(measured, max_tokens)
     out: dict[str, Any] = {"client": client, "server": side, "diff": _compare(client, side)}

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from parsing import Parser as ResponseParser
 
 import ylokh
 
@@ -55,16 +54,25 @@ def _reference_text(llama: LlamaServer) -> str:
 
 @pytest.fixture
 def wire(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, bytes]]:
-    """Every body read the faces hand to the parser, with its arrival time."""
+    """Every body read of an event stream that a face hands to the core's reader (the
+    de-chunked bytes, as received), with its arrival time."""
+    from ylokh._readers import EventReader  # here: a renamed reader fails only these tests
+
     reads: list[tuple[float, bytes]] = []
-    feed = ResponseParser.feed
+    feed = EventReader.feed
 
-    def recording_feed(self: ResponseParser, data: bytes) -> list[str]:
+    def recording_feed(self: Any, data: bytes, end: bool = False) -> list[str]:
         reads.append((time.monotonic(), data))
-        return feed(self, data)
+        return feed(self, data, end)
 
-    monkeypatch.setattr(ResponseParser, "feed", recording_feed)
+    monkeypatch.setattr(EventReader, "feed", recording_feed)
     return reads
+
+
+def _body(wire: list[tuple[float, bytes]]) -> bytes:
+    body = b"".join(data for _, data in wire)
+    assert body, "the wire recorder saw no bytes: the faces no longer feed EventReader.feed"
+    return body
 
 
 def test_streamed_answer_equals_the_non_streamed_one(
@@ -199,7 +207,7 @@ def test_pings_on_a_long_stream_are_ignored(
     elapsed = time.monotonic() - started
     assert out.error is None, out.error
     assert out.stream.finish_reason in ("stop", "length")
-    body = b"".join(data for _, data in wire)
+    body = _body(wire)
     interop_log.timings[f"{face.name}: long stream, {len(out.deltas)} deltas (s)"] = round(
         elapsed, 2
     )
@@ -246,7 +254,7 @@ def test_stream_interrupted_by_another_request_is_complete(
     assert out.stream.completed
     assert out.stream.finish_reason is None
     assert 0 < len(out.deltas) < 400
-    body = b"".join(data for _, data in wire)
+    body = _body(wire)
     assert body.rstrip().endswith(b"data: [DONE]")
     assert b'"finish_reason": "' not in body
     assert llama.chat_posts() - before == 2  # ours (not retried) and the interrupting one
@@ -260,6 +268,7 @@ def test_transcript_of_one_streamed_answer(
     out = face.stream(PROMPT, base_url=llama.base_url, max_tokens=12, **FIXED)
     ended = time.monotonic()
     assert out.error is None, out.error
+    _body(wire)
     lines = [
         f"POST {llama.base_url}/chat/completions stream=true max_tokens=12 "
         f"temperature=0 seed=42 ({face.name} face)",

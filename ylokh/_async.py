@@ -410,9 +410,17 @@ def _connector(socks: str | None) -> aiohttp.BaseConnector:
         except ImportError:
             raise InvalidRequestError(SOCKS_HINT) from None
         _socks_failures()
-        connector: aiohttp.BaseConnector = ProxyConnector.from_url(socks, limit=0)
+        connector: aiohttp.BaseConnector = ProxyConnector.from_url(
+            socks, limit=0, keepalive_timeout=KEEPALIVE_SECONDS
+        )
         return connector
-    return aiohttp.TCPConnector(limit=0)
+    return aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS)
+
+
+#: How long an idle pooled connection is kept: less than the 5 s after which common
+#: servers (uvicorn, so vLLM and llama-cpp-python; Node) close theirs, so a call does not
+#: meet a connection the server is closing (aiohttp's 15 s did, under load).
+KEEPALIVE_SECONDS = 4.0
 
 
 def _socks_failures() -> None:

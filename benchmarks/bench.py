@@ -243,14 +243,89 @@ def _run_json(cmd: list[str], path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+class BenchmarkServer:
+    """The near-zero-latency benchmark server (:mod:`benchmarks.server`) in its own
+    process, pinned to core 1 when asked, answering ``tokens`` chunks to requests that
+    name no ``max_tokens`` (AIPerf and guidellm send none)."""
+
+    def __init__(self, tokens: int, *, pin: bool) -> None:
+        cmd = [sys.executable, "-m", "benchmarks.server", "--tokens", str(tokens)]
+        if pin:
+            cmd = ["taskset", "-c", "1", *cmd]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.proc.kill()
+            raise SystemExit(f"the benchmark server did not start: {line!r}")
+        self.root = f"http://127.0.0.1:{int(line.split()[1])}"
+        self.base_url = self.root + "/v1"
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# One measured run of one tool: output tokens/s, requests/s, the in-flight concurrency it
+# kept (Little's law: completed requests/s x mean request latency, the same formula for
+# every tool), its own in-flight figure where it reports one, output tokens per request.
+Run = dict[str, float]
+
+
+def _little(request_rate: float, mean_latency_s: float) -> float:
+    return request_rate * mean_latency_s
+
+
+async def _hand_loop(base_url: str, concurrency: int, requests: int, chunks: int) -> Run:
+    """The hand-written aiohttp loop (``contenders.raw_aiohttp``, parsing every event),
+    ``concurrency`` workers, after one warm-up call per worker (connections open)."""
+    from .contenders import raw_aiohttp
+
+    contender = raw_aiohttp(base_url)
+    count = itertools.count()
+    latencies: list[float] = []
+    got = [0]
+
+    async def worker(measure: bool) -> None:
+        while next(count) < requests:
+            t0 = time.perf_counter()
+            text = await contender.consume(chunks)
+            if measure:
+                latencies.append(time.perf_counter() - t0)
+                got[0] += chunks if text else 0
+
+    try:
+        count = itertools.count(requests - concurrency)  # one warm-up call per worker
+        await asyncio.gather(*(worker(False) for _ in range(concurrency)))
+        count = itertools.count()
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(True) for _ in range(concurrency)))
+        spent = time.perf_counter() - start
+    finally:
+        await contender.close()
+    rate = len(latencies) / spent
+    return {
+        "tokens_per_s": got[0] / spent,
+        "requests_per_s": rate,
+        "in_flight": _little(rate, sum(latencies) / len(latencies)),
+        "in_flight_own": float("nan"),
+        "tokens_per_request": got[0] / len(latencies),
+        "ok": float(len(latencies)),
+    }
+
+
 def external(quick: bool, rounds: int, pin: bool) -> dict[str, Any] | None:
-    """``ylokh bench`` side by side with AIPerf and guidellm on the same server, interleaved.
+    """``ylokh bench`` side by side with AIPerf, guidellm and a hand-written aiohttp loop
+    on the same server, interleaved.
 
     Runs only when ``YLOKH_BENCH_AIPERF`` and/or ``YLOKH_BENCH_GUIDELLM`` name their
     executables (each in a venv of its own) and ``YLOKH_BENCH_TOKENIZER`` a local Hugging
     Face tokenizer folder (offline, AIPerf and guidellm need one; the server's usage gives
-    the counts). The server is the bundled one (200-chunk answers with usage), pinned to
-    core 1; every client is a process pinned to core 0 (inherited).
+    the counts). The server is the near-zero-latency benchmark server (200-chunk answers,
+    usage in a last chunk when asked), in its own process pinned to core 1, so the server
+    is not what limits the tools; every tool is a process of its own pinned to core 0.
+    Each run checks the tool counted 200 output tokens per request and had no errors.
     """
     import json
     import statistics
@@ -261,75 +336,141 @@ def external(quick: bool, rounds: int, pin: bool) -> dict[str, Any] | None:
     tokenizer = os.environ.get("YLOKH_BENCH_TOKENIZER")
     if not tokenizer or not (aiperf or guidellm):
         return None
-    server = BundledServer("--tokens", "200", pin=pin)
-    root = server.base_url.removesuffix("/v1")
+    chunks = 200
+    server = BenchmarkServer(chunks, pin=pin)
+    pinned = ["taskset", "-c", "0"] if pin else []
     work = Path(tempfile.mkdtemp(prefix="ylokh-bench-"))
-    (work / "a.jsonl").write_text('{"text": "hello world"}\n' * 50)
-    (work / "g.jsonl").write_text('{"prompt": "hello world"}\n' * 50)
-    out: dict[str, Any] = {"chunks": 200, "levels": {}}
+    levels = (16, 64) if quick else (16, 64, 256)
+    most = max(_requests(c, quick) for c in levels)
+    (work / "a.jsonl").write_text('{"text": "hello world"}\n' * 64)
+    # guidellm stops when its data runs out: one row per request
+    (work / "g.jsonl").write_text('{"prompt": "hello world"}\n' * (most + 64))
+    out: dict[str, Any] = {"chunks": chunks, "levels": {}}
 
-    def ylokh_bench(c: int, n: int) -> tuple[float, float]:
+    def ylokh_bench(c: int, n: int) -> Run:
         path = work / "y.json"
-        cmd = [sys.executable, "-m", "ylokh", "bench", "--base-url", server.base_url,
-               "--concurrency", str(c), "--requests", str(n), "--max-tokens", "200",
-               "--json", str(path)]  # fmt: skip
+        cmd = [*pinned, sys.executable, "-m", "ylokh", "bench", "--base-url", server.base_url,
+               "--model", "gemma", "--concurrency", str(c), "--requests", str(n),
+               "--max-tokens", str(chunks), "--json", str(path)]  # fmt: skip
         level = _run_json(cmd, path)["levels"][0]
-        return level["output_token_rate"], float(c)
+        if level["ok"] != n or level["tokens_estimated"]:
+            raise RuntimeError(f"ylokh bench: {level['errors']}, estimated tokens")
+        rate = level["request_rate"]
+        return {
+            "tokens_per_s": level["output_token_rate"],
+            "requests_per_s": rate,
+            "in_flight": _little(rate, level["e2e_s"]["mean"]),
+            "in_flight_own": float("nan"),
+            "tokens_per_request": level["output_token_rate"] / rate,
+            "ok": float(level["ok"]),
+        }
 
-    def run_aiperf(c: int, n: int) -> tuple[float, float]:
+    def run_aiperf(c: int, n: int) -> Run:
         assert aiperf is not None
         art = work / f"aiperf-{c}"
-        cmd = [aiperf, "profile", "--model", "ylokh-echo", "--tokenizer", str(tokenizer),
-               "--url", root, "--endpoint-type", "chat", "--streaming", "--concurrency",
+        cmd = [*pinned, aiperf, "profile", "--model", "gemma", "--tokenizer", str(tokenizer),
+               "--url", server.root, "--endpoint-type", "chat", "--streaming", "--concurrency",
                str(c), "--request-count", str(n), "--use-server-token-count",
                "--input-file", str(work / "a.jsonl"), "--custom-dataset-type", "single_turn",
                "--ui-type", "none", "--artifact-dir", str(art)]  # fmt: skip
         doc = _run_json(cmd, art / "profile_export_aiperf.json")
-        return doc["output_token_throughput"]["avg"], float("nan")
+        ok = doc["completed_request_count"]["avg"]
+        if ok != n:
+            raise RuntimeError(f"aiperf: {ok} of {n} requests completed")
+        rate = doc["request_throughput"]["avg"]
+        return {
+            "tokens_per_s": doc["output_token_throughput"]["avg"],
+            "requests_per_s": rate,
+            "in_flight": _little(rate, doc["request_latency"]["avg"] / 1000),
+            "in_flight_own": doc["effective_concurrency"]["avg"],
+            "tokens_per_request": doc["output_sequence_length"]["avg"],
+            "ok": float(ok),
+        }
 
-    def run_guidellm(c: int, n: int) -> tuple[float, float]:
+    def run_guidellm(c: int, n: int) -> Run:
         assert guidellm is not None
         path = work / "g.json"
-        cmd = [guidellm, "run", "--backend",
-               f"kind=openai_http,target={root},model={tokenizer},validate_backend=false",
+        cmd = [*pinned, guidellm, "run", "--backend",
+               f"kind=openai_http,target={server.root},model={tokenizer},validate_backend=false",
                "--profile", f"kind=concurrent,streams={c}", "--constraint",
                f"kind=max_requests,count={n}", "--data", f"kind=json_file,path={work / 'g.jsonl'}",
                "--disable-console", "--output", f"kind=json,path={path}"]  # fmt: skip
-        metrics = _run_json(cmd, path)["benchmarks"][0]["metrics"]
-        return (
-            metrics["output_tokens_per_second"]["successful"]["mean"],
-            metrics["request_concurrency"]["successful"]["mean"],
-        )
+        bench = _run_json(cmd, path)["benchmarks"][0]
+        metrics = bench["metrics"]
+        ok = metrics["request_totals"]["successful"]
+        if ok != n:
+            raise RuntimeError(f"guidellm: {metrics['request_totals']}")
+        rate = metrics["requests_per_second"]["successful"]["mean"]
+        return {
+            "tokens_per_s": metrics["output_tokens_per_second"]["successful"]["mean"],
+            "requests_per_s": rate,
+            "in_flight": _little(rate, metrics["request_latency"]["successful"]["mean"]),
+            "in_flight_own": metrics["request_concurrency"]["successful"]["mean"],
+            "tokens_per_request": metrics["output_token_count"]["successful"]["mean"],
+            "ok": float(ok),
+        }
+
+    def hand_loop(c: int, n: int) -> Run:
+        path = work / "h.json"
+        cmd = [*pinned, sys.executable, "-m", "benchmarks.bench", "hand", server.base_url,
+               str(c), str(n), str(chunks), str(path)]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+        if proc.returncode:
+            raise RuntimeError(f"hand loop failed: {proc.stderr[-500:]}")
+        run: Run = json.loads(path.read_text())
+        return run
 
     tools: dict[str, Any] = {"ylokh bench": ylokh_bench}
     if aiperf:
         tools["aiperf"] = run_aiperf
     if guidellm:
         tools["guidellm"] = run_guidellm
+    tools["raw aiohttp"] = hand_loop
     try:
-        for c in (16, 64) if quick else (1, 16, 64, 256):
-            n = max(4 * c, 100)
-            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in tools}
+        for c in levels:
+            n = _requests(c, quick)
+            runs: dict[str, list[Run]] = {name: [] for name in tools}
             for r in range(max(rounds // 2, 1)):
                 names = list(tools)
                 for name in names[r % len(names) :] + names[: r % len(names)]:
                     try:
-                        runs[name].append(tools[name](c, n))
+                        got = tools[name](c, n)
                     except (RuntimeError, KeyError, ValueError, OSError) as exc:
                         out.setdefault("errors", []).append(f"{name} c={c}: {exc}")
-            row: dict[str, Any] = {"requests": n}
-            for name, got in runs.items():
-                if got:
-                    row[name] = statistics.median(g[0] for g in got)
-                    row[f"{name} concurrency"] = statistics.median(g[1] for g in got)
-            others = [row[k] for k in ("aiperf", "guidellm") if k in row]
-            if "ylokh bench" in row and others:
-                row["vs_best_other"] = row["ylokh bench"] / max(others)
+                        continue
+                    if abs(got["tokens_per_request"] - chunks) > 0.01:
+                        out.setdefault("errors", []).append(
+                            f"{name} c={c}: {got['tokens_per_request']} tokens per request"
+                        )
+                    runs[name].append(got)
+            row: dict[str, Any] = {"requests": n, "concurrency": c, "tools": {}}
+            for name, got_runs in runs.items():
+                if got_runs:
+                    row["tools"][name] = {
+                        key: statistics.median(g[key] for g in got_runs) for key in got_runs[0]
+                    } | {"runs": got_runs}
+            found = row["tools"]
+            others = [found[k]["tokens_per_s"] for k in ("aiperf", "guidellm") if k in found]
+            if "ylokh bench" in found and others:
+                mine = [g["tokens_per_s"] for g in runs["ylokh bench"]]
+                row["vs_best_other"] = statistics.median(mine) / max(others)
+            if "ylokh bench" in found and "raw aiohttp" in found:
+                pairs = zip(runs["ylokh bench"], runs["raw aiohttp"], strict=False)
+                row["vs_raw"] = statistics.median(
+                    b["tokens_per_s"] / a["tokens_per_s"] for b, a in pairs
+                )
             out["levels"][str(c)] = row
     finally:
         server.close()
     json.dumps(out)  # plain data only
     return out
+
+
+def _requests(concurrency: int, quick: bool) -> int:
+    """Requests per run of the external comparison: long enough for the slow tools to
+    reach their pace (seconds each), the same for every tool."""
+    return max(2 * concurrency, 200) if quick else max(8 * concurrency, 1600)
 
 
 def scenario_bench(base_url: str, quick: bool, rounds: int, pin: bool) -> dict[str, Any]:
@@ -368,18 +509,27 @@ def table(res: dict[str, Any]) -> str:
     ext = res.get("external")
     if ext:
         lines.append(
-            "ylokh bench vs AIPerf / guidellm (output tokens/s, bundled server, 200 chunks)"
+            "ylokh bench vs AIPerf / guidellm / a hand-written aiohttp loop (benchmark server, "
+            f"{ext['chunks']}-chunk answers = output tokens; each tool a process on core 0)"
+        )
+        lines.append(
+            "  c      tool          tokens/s = chunks/s   req/s   in flight (Little / own)"
         )
         for c, row in ext["levels"].items():
-            cells = [f"  c={c:<4}"]
-            for name in ("ylokh bench", "aiperf", "guidellm"):
-                if name in row:
-                    cells.append(f"{name} {row[name]:>9,.0f}")
-            if "guidellm concurrency" in row:
-                cells.append(f"(guidellm kept {row['guidellm concurrency']:.1f} in flight)")
+            for name, got in row["tools"].items():
+                own = got["in_flight_own"]
+                own_text = "" if own != own else f" / {own:.1f}"  # NaN: no own figure
+                lines.append(
+                    f"  {c:<5}  {name:<12}  {got['tokens_per_s']:>18,.0f}  "
+                    f"{got['requests_per_s']:>6,.0f}   {got['in_flight']:.1f}{own_text}"
+                )
+            ratios = []
             if "vs_best_other" in row:
-                cells.append(f"ratio {row['vs_best_other']:.1f}x")
-            lines.append("   ".join(cells))
+                ratios.append(f"{row['vs_best_other']:.1f}x the better of AIPerf/guidellm")
+            if "vs_raw" in row:
+                ratios.append(f"{row['vs_raw']:.2f}x the hand loop")
+            if ratios:
+                lines.append(f"  {c:<5}  ylokh bench = " + ", ".join(ratios))
         for error in ext.get("errors", []):
             lines.append(f"  error: {error[:200]}")
     r = res["rate"]
@@ -390,3 +540,21 @@ def table(res: dict[str, Any]) -> str:
         f"({r['send_rate_error']:+.1%}), KS p={ks}"
     )
     return "\n".join(lines)
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m benchmarks.bench hand URL C N CHUNKS OUT.json``: the hand-written loop
+    as a process of its own (as the other tools of the external comparison)."""
+    import json
+
+    if len(argv) != 6 or argv[0] != "hand":
+        print(_main.__doc__, file=sys.stderr)
+        return 2
+    url, c, n, chunks, path = argv[1], int(argv[2]), int(argv[3]), int(argv[4]), argv[5]
+    run = asyncio.run(_hand_loop(url, c, n, chunks))
+    Path(path).write_text(json.dumps(run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -1,13 +1,19 @@
 """A tiny OpenAI-compatible SSE server for the benchmarks: raw asyncio, pre-encoded bytes.
 
-``POST /v1/chat/completions`` answers an event stream of ``max_tokens`` content chunks
-(default 16) shaped like llama.cpp's (a role-only first delta, one delta per token, a last
-``delta: {}`` with ``finish_reason``, then ``data: [DONE]``), HTTP/1.1 keep-alive, chunked,
-one HTTP chunk per event as real servers write them. The whole response is encoded once
-per chunk count and cached, so the server costs one ``write`` per request. ``GET /stats``
-answers ``{"connections": ..., "requests": ...}`` (connections that sent a POST).
+``POST /v1/chat/completions`` answers an event stream of ``max_tokens`` (or
+``max_completion_tokens``) content chunks, ``--tokens`` (default 16) when the request
+names neither, shaped like llama.cpp's (a role-only first delta, one delta per token, a
+last ``delta: {}`` with ``finish_reason``, then ``data: [DONE]``), HTTP/1.1 keep-alive,
+chunked, one HTTP chunk per event as real servers write them. Every chunk names the
+request's ``model``; with ``stream_options.include_usage`` a last chunk before ``[DONE]``
+carries ``usage`` (``choices: []``, as OpenAI sends it), so every client counts the same
+output tokens (one per chunk) without a tokenizer. The whole response is encoded once per
+(chunks, model, usage, prompt size) and cached, so the server costs one ``write`` per
+request. ``GET /v1/models`` lists the model; ``GET /stats`` answers ``{"connections": ...,
+"requests": ...}`` (connections that sent a POST); a ``HEAD`` gets the head alone.
 
-Run: ``python -m benchmarks.server [--port N]``; prints ``PORT <n>`` once listening.
+Run: ``python -m benchmarks.server [--port N] [--tokens N]``; prints ``PORT <n>`` once
+listening.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import asyncio
 import json
 import sys
+from typing import Any
 
 from tests.recordings import STREAMS
 
@@ -46,29 +53,53 @@ def expected_text(n: int) -> str:
     return "".join(TOKENS[i % len(TOKENS)] for i in range(n))
 
 
-def _chunk(delta: dict[str, str], finish: str | None) -> bytes:
-    obj = {
-        "id": "chatcmpl-e7a5ef43-a953-469b-b1a3-d5ebf69e7897",
-        "model": "gemma",
-        "created": 1795782147,
-        "object": "chat.completion.chunk",
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-    }
+MODEL = "gemma"
+
+
+def _event(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
-def events(n: int) -> list[bytes]:
-    """The SSE events of a stream with ``n`` content chunks."""
-    out = [_chunk({"role": "assistant"}, None)]
-    out += [_chunk({"content": TOKENS[i % len(TOKENS)]}, None) for i in range(n)]
-    out.append(_chunk({}, "stop"))
+def _chunk(delta: dict[str, str], finish: str | None, model: str) -> bytes:
+    return _event(
+        {
+            "id": "chatcmpl-e7a5ef43-a953-469b-b1a3-d5ebf69e7897",
+            "model": model,
+            "created": 1795782147,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+    )
+
+
+def events(n: int, model: str = MODEL, prompt_tokens: int | None = None) -> list[bytes]:
+    """The SSE events of a stream with ``n`` content chunks; with ``prompt_tokens`` (the
+    client asked for ``include_usage``) a usage chunk before ``[DONE]``."""
+    out = [_chunk({"role": "assistant"}, None, model)]
+    out += [_chunk({"content": TOKENS[i % len(TOKENS)]}, None, model) for i in range(n)]
+    out.append(_chunk({}, "stop", model))
+    if prompt_tokens is not None:
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n,
+                 "total_tokens": prompt_tokens + n}  # fmt: skip
+        out.append(
+            _event(
+                {
+                    "id": "chatcmpl-e7a5ef43-a953-469b-b1a3-d5ebf69e7897",
+                    "model": model,
+                    "created": 1795782147,
+                    "object": "chat.completion.chunk",
+                    "choices": [],
+                    "usage": usage,
+                }
+            )
+        )
     out.append(b"data: [DONE]\n\n")
     return out
 
 
-def body(n: int) -> bytes:
+def body(n: int, model: str = MODEL, prompt_tokens: int | None = None) -> bytes:
     """The SSE body of a stream with ``n`` content chunks (no HTTP framing)."""
-    return b"".join(events(n))
+    return b"".join(events(n, model, prompt_tokens))
 
 
 _HEAD = (
@@ -83,20 +114,34 @@ _HEAD = (
 class _Stats:
     connections = 0
     requests = 0
+    default_tokens = 16  # chunks of an answer whose request names no max_tokens
 
 
-_cache: dict[int, bytes] = {}
+_cache: dict[tuple[int, str, int | None], bytes] = {}
 
 
-def response(n: int) -> bytes:
+def response(n: int, model: str = MODEL, prompt_tokens: int | None = None) -> bytes:
     """The whole HTTP response for ``n`` chunks, encoded once."""
-    cached = _cache.get(n)
+    key = (n, model, prompt_tokens)
+    cached = _cache.get(key)
     if cached is None:
-        framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in events(n)]
-        cached = _cache[n] = _HEAD + b"".join(framed) + b"0\r\n\r\n"
-        if len(_cache) > 64:
+        framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in events(n, model, prompt_tokens)]
+        if len(_cache) >= 64:
             _cache.clear()
+        cached = _cache[key] = _HEAD + b"".join(framed) + b"0\r\n\r\n"
     return cached
+
+
+def _prompt_tokens(messages: Any) -> int:
+    """A rough prompt size (words of the messages' text): the same prompt, the same count."""
+    words = 0
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}]
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if isinstance(content, str):
+            words += len(content.split())
+    return max(words, 1)
 
 
 def _plain(status: bytes, payload: bytes, ctype: bytes = b"application/json") -> bytes:
@@ -110,6 +155,10 @@ def _plain(status: bytes, payload: bytes, ctype: bytes = b"application/json") ->
         + b"\r\n\r\n"
         + payload
     )
+
+
+def _head_only(response: bytes) -> bytes:
+    return response[: response.index(b"\r\n\r\n") + 4]
 
 
 class _Protocol(asyncio.Protocol):
@@ -145,23 +194,34 @@ class _Protocol(asyncio.Protocol):
 
     def _answer(self, method: str, path: str, payload: bytes) -> None:
         assert self.transport is not None
-        if method == "GET" and path.startswith("/stats"):
+        if method == "POST" and path.endswith("/chat/completions"):
+            self.transport.write(self._stream(payload))
+            return
+        if path.startswith("/stats"):
             stats = {"connections": _Stats.connections, "requests": _Stats.requests}
-            self.transport.write(_plain(b"200 OK", json.dumps(stats).encode()))
-            return
-        if method != "POST" or not path.endswith("/chat/completions"):
-            self.transport.write(_plain(b"404 Not Found", b'{"error": "not found"}'))
-            return
+            answer = _plain(b"200 OK", json.dumps(stats).encode())
+        elif path.endswith("/models"):
+            model = {"id": MODEL, "object": "model", "created": 0, "owned_by": "benchmarks"}
+            answer = _plain(b"200 OK", json.dumps({"object": "list", "data": [model]}).encode())
+        else:
+            answer = _plain(b"404 Not Found", b'{"error": "not found"}')
+        self.transport.write(_head_only(answer) if method == "HEAD" else answer)
+
+    def _stream(self, payload: bytes) -> bytes:
         _Stats.requests += 1
         if not self.counted:
             self.counted = True
             _Stats.connections += 1
         try:
-            n = int(json.loads(payload).get("max_tokens") or 16)
-        except (ValueError, AttributeError):
-            self.transport.write(_plain(b"400 Bad Request", b'{"error": "bad json"}'))
-            return
-        self.transport.write(response(n))
+            request = json.loads(payload)
+            limit = request.get("max_tokens") or request.get("max_completion_tokens")
+            n = int(limit or _Stats.default_tokens)
+            model = str(request.get("model") or MODEL)
+            options = request.get("stream_options")
+            usage = isinstance(options, dict) and options.get("include_usage") is True
+        except (ValueError, AttributeError, TypeError):
+            return _plain(b"400 Bad Request", b'{"error": "bad json"}')
+        return response(n, model, _prompt_tokens(request.get("messages")) if usage else None)
 
 
 async def serve(port: int) -> None:
@@ -177,7 +237,9 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tokens", type=int, default=16, help="chunks without max_tokens")
     args = parser.parse_args()
+    _Stats.default_tokens = args.tokens
     try:
         asyncio.run(serve(args.port))
     except KeyboardInterrupt:

@@ -2,16 +2,22 @@
 
     python -m benchmarks --scenarios bench [--quick]
 
-1. accuracy: the bundled server plays answers at known latencies (TTFT 200 ms, ITL 20 ms,
-   64 tokens) in its own process; ``ylokh.bench`` at concurrency 1, 16 and 64 must report
-   p50 TTFT and ITL within 5% of the truth and p99 within 10%. A hand-written aiohttp loop
-   measures the same server right after, so an error of the server (late on a loaded
-   machine) is told apart from an error of the bench.
+1. accuracy: a server in its own process plays answers at known latencies (TTFT 200 ms,
+   ITL 20 ms, 64 tokens); ``ylokh.bench`` at concurrency 1, 16 and 64 must report p50 TTFT
+   and ITL within 5% of the truth and p99 within 10%. The truth is the benchmark server's
+   (``benchmarks.server --ttft --itl``: chunk ``k`` written at ``arrived + ttft + k * itl``
+   from the arrival of the request's bytes, by one write from a timer callback); the
+   bundled server (``ylokh serve --ttft``, what a user checks with) is measured too. A
+   hand-written aiohttp loop measures the same server right after, so an error of the
+   server (late on a loaded machine) is told apart from an error of the bench.
 2. ceiling: chunks/s of ``ylokh.bench`` (all its bookkeeping) against the near-zero-latency
    benchmark server, side by side with a hand-written aiohttp loop (``contenders.raw_aiohttp``,
    parsing every event), interleaved in one run, 200-chunk answers, at several concurrencies.
 3. rate accuracy: ``--rate 50`` for 20 s against the bundled server: the achieved rate
    within 2% of 50, and the send gaps exponential (Kolmogorov-Smirnov, with scipy).
+4. external (with ``YLOKH_BENCH_AIPERF``/``YLOKH_BENCH_GUIDELLM``/``YLOKH_BENCH_TOKENIZER``):
+   ``ylokh bench``, AIPerf, guidellm and the hand-written loop, each a process on core 0,
+   in interleaved rounds against the benchmark server on core 1 (200-chunk answers).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +107,22 @@ async def _raw_latencies(base_url: str, concurrency: int, requests: int) -> dict
     }
 
 
-def accuracy(quick: bool, pin: bool) -> dict[str, Any]:
-    """Reported TTFT and ITL against the server's known latencies."""
+def accuracy(quick: bool, pin: bool, server_kind: str = "benchmark") -> dict[str, Any]:
+    """Reported TTFT and ITL against the server's known latencies.
+
+    ``server_kind`` ``"benchmark"``: :mod:`benchmarks.server` with ``--ttft``/``--itl``
+    (paced by :class:`ylokh.testing._latency.Pacer` from the arrival of the request's
+    bytes: the truth the verdict is drawn against); ``"bundled"``: ``ylokh serve``'s
+    aiohttp server, what a user checks the bench with (a write and a drain per chunk,
+    times counted from its handler)."""
     import ylokh.bench
 
     flags = ["--tokens", str(TOKENS), "--ttft", str(TTFT), "--itl", str(ITL)]
-    server = BundledServer(*flags, pin=pin)
+    server: BundledServer | BenchmarkServer
+    if server_kind == "bundled":
+        server = BundledServer(*flags, pin=pin)
+    else:
+        server = BenchmarkServer(TOKENS, pin=pin, flags=flags[2:])
     levels: dict[str, Any] = {}
     try:
         for concurrency, requests in ((1, 6 if quick else 30), (16, 32 if quick else 128),
@@ -128,7 +145,8 @@ def accuracy(quick: bool, pin: bool) -> dict[str, Any]:
             levels[str(concurrency)] = row
     finally:
         server.close()
-    return {"truth": {"ttft_s": TTFT, "itl_s": ITL, "tokens": TOKENS}, "levels": levels}
+    truth = {"ttft_s": TTFT, "itl_s": ITL, "tokens": TOKENS}
+    return {"server": server_kind, "truth": truth, "levels": levels}
 
 
 async def _bench_rate(base_url: str, concurrency: int, requests: int, chunks: int) -> float:
@@ -248,8 +266,8 @@ class BenchmarkServer:
     process, pinned to core 1 when asked, answering ``tokens`` chunks to requests that
     name no ``max_tokens`` (AIPerf and guidellm send none)."""
 
-    def __init__(self, tokens: int, *, pin: bool) -> None:
-        cmd = [sys.executable, "-m", "benchmarks.server", "--tokens", str(tokens)]
+    def __init__(self, tokens: int, *, pin: bool, flags: Sequence[str] = ()) -> None:
+        cmd = [sys.executable, "-m", "benchmarks.server", "--tokens", str(tokens), *flags]
         if pin:
             cmd = ["taskset", "-c", "1", *cmd]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -476,18 +494,20 @@ def _requests(concurrency: int, quick: bool) -> int:
 def scenario_bench(base_url: str, quick: bool, rounds: int, pin: bool) -> dict[str, Any]:
     """All measurements; ``base_url`` is the benchmark server (near-zero latency)."""
     return {
-        "accuracy": accuracy(quick, pin),
+        "accuracy": accuracy(quick, pin, "benchmark"),
+        "accuracy_bundled": accuracy(quick, pin, "bundled"),
         "ceiling": ceiling(base_url, quick, rounds),
         "rate": rate_accuracy(quick, pin),
         "external": external(quick, rounds, pin),
     }
 
 
-def table(res: dict[str, Any]) -> str:
-    """The scenario's figures as text."""
-    lines = ["bench accuracy (truth: TTFT 200 ms, ITL 20 ms, 64 tokens)"]
+def _accuracy_lines(acc: dict[str, Any]) -> list[str]:
+    names = {"benchmark": "benchmarks.server --ttft", "bundled": "ylokh serve --ttft (bundled)"}
+    server = names.get(acc.get("server", "bundled"), "?")
+    lines = [f"bench accuracy (truth: TTFT 200 ms, ITL 20 ms, 64 tokens; server {server})"]
     lines.append("  c     ttft p50  err    ttft p99  err    itl p50  err    itl p99  err    ok")
-    for c, row in res["accuracy"]["levels"].items():
+    for c, row in acc["levels"].items():
         cells = [f"  {c:<4}"]
         for key in ("ttft_s_p50", "ttft_s_p99", "itl_s_p50", "itl_s_p99"):
             cells.append(f"{row[key] * 1000:7.1f}  {row[key + '_error']:+6.1%}")
@@ -500,6 +520,15 @@ def table(res: dict[str, Any]) -> str:
             for key in ("ttft_s_p50", "ttft_s_p99", "itl_s_p50", "itl_s_p99"):
                 cells.append(f"{raw[key] * 1000:7.1f}  {raw[key] / row[key] - 1:+6.1%}")
             lines.append("  ".join(cells) + "  (hand-written aiohttp loop; err vs the bench)")
+    return lines
+
+
+def table(res: dict[str, Any]) -> str:
+    """The scenario's figures as text."""
+    lines: list[str] = []
+    for key in ("accuracy", "accuracy_bundled"):
+        if key in res:
+            lines += _accuracy_lines(res[key])
     lines.append("bench ceiling (chunks/s, 200-chunk answers, interleaved)")
     for c, row in res["ceiling"]["levels"].items():
         lines.append(

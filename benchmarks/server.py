@@ -12,19 +12,30 @@ output tokens (one per chunk) without a tokenizer. The whole response is encoded
 request. ``GET /v1/models`` lists the model; ``GET /stats`` answers ``{"connections": ...,
 "requests": ...}`` (connections that sent a POST); a ``HEAD`` gets the head alone.
 
-Run: ``python -m benchmarks.server [--port N] [--tokens N]``; prints ``PORT <n>`` once
-listening.
+With ``--ttft``/``--itl`` (``--jitter``) it plays answers at known latencies, the truth the
+bench's accuracy is checked against: content chunk ``k`` is written at ``arrived + ttft +
+k * itl``, where ``arrived`` is when the request's first bytes were read, by
+:class:`ylokh.testing._latency.Pacer` (one ``transport.write`` per chunk from a timer
+callback, absolute deadlines; the head and role chunk at once, the end with the last chunk).
+
+Run: ``python -m benchmarks.server [--port N] [--tokens N] [--ttft S --itl S]``; prints
+``PORT <n>`` once listening.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import random
+import selectors
 import sys
 from typing import Any
 
 from tests.recordings import STREAMS
+from ylokh.testing._latency import Latency, Pacer
 
 _FALLBACK_TOKENS = ["Hello", ",", " world", "!", " How", " are", " you", " today", "?", " é日本"]
 
@@ -115,21 +126,35 @@ class _Stats:
     connections = 0
     requests = 0
     default_tokens = 16  # chunks of an answer whose request names no max_tokens
+    latency = Latency()  # known latencies (--ttft, --itl, --jitter); none by default
+    rng = random.Random(0)  # their jitter: varied, but the same run to run
 
 
-_cache: dict[tuple[int, str, int | None], bytes] = {}
+_cache: dict[tuple[int, str, int | None], tuple[bytes, list[bytes]]] = {}
 
 
-def response(n: int, model: str = MODEL, prompt_tokens: int | None = None) -> bytes:
-    """The whole HTTP response for ``n`` chunks, encoded once."""
+def parts(
+    n: int, model: str = MODEL, prompt_tokens: int | None = None
+) -> tuple[bytes, list[bytes]]:
+    """The HTTP response for ``n`` chunks, encoded once: the whole of it, and in the
+    pieces a paced answer writes (the head with the role chunk, each content chunk, the
+    last of them with the end: finish, usage, ``[DONE]``, the last HTTP chunk)."""
     key = (n, model, prompt_tokens)
     cached = _cache.get(key)
     if cached is None:
         framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in events(n, model, prompt_tokens)]
+        tail = b"".join(framed[n + 1 :]) + b"0\r\n\r\n"
+        pieces = [_HEAD + framed[0], *framed[1 : n + 1]]
+        pieces[-1] += tail
         if len(_cache) >= 64:
             _cache.clear()
-        cached = _cache[key] = _HEAD + b"".join(framed) + b"0\r\n\r\n"
+        cached = _cache[key] = (b"".join(pieces), pieces)
     return cached
+
+
+def response(n: int, model: str = MODEL, prompt_tokens: int | None = None) -> bytes:
+    """The whole HTTP response for ``n`` chunks, encoded once."""
+    return parts(n, model, prompt_tokens)[0]
 
 
 def _prompt_tokens(messages: Any) -> int:
@@ -166,13 +191,21 @@ class _Protocol(asyncio.Protocol):
         self.buf = b""
         self.transport: asyncio.Transport | None = None
         self.counted = False
+        self.arrived = 0.0  # when the first bytes of the request being read came
+        self.player: Pacer | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.counted = False  # counted at its first POST, so /stats calls never count
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.player is not None:
+            self.player.cancel()
+
     def data_received(self, data: bytes) -> None:
+        if not self.buf:
+            self.arrived = asyncio.get_running_loop().time()
         self.buf += data
         while True:
             end = self.buf.find(b"\r\n\r\n")
@@ -191,11 +224,18 @@ class _Protocol(asyncio.Protocol):
             payload = self.buf[end + 4 : end + 4 + length]
             self.buf = self.buf[end + 4 + length :]
             self._answer(method, path, payload)
+            if self.buf:
+                self.arrived = asyncio.get_running_loop().time()
 
     def _answer(self, method: str, path: str, payload: bytes) -> None:
         assert self.transport is not None
         if method == "POST" and path.endswith("/chat/completions"):
-            self.transport.write(self._stream(payload))
+            found = self._stream(payload)
+            if isinstance(found, bytes):
+                self.transport.write(found)
+            else:
+                pieces, at = found
+                self.player = Pacer(self.transport, pieces, at)
             return
         if path.startswith("/stats"):
             stats = {"connections": _Stats.connections, "requests": _Stats.requests}
@@ -207,7 +247,8 @@ class _Protocol(asyncio.Protocol):
             answer = _plain(b"404 Not Found", b'{"error": "not found"}')
         self.transport.write(_head_only(answer) if method == "HEAD" else answer)
 
-    def _stream(self, payload: bytes) -> bytes:
+    def _stream(self, payload: bytes) -> bytes | tuple[list[bytes], list[float]]:
+        """The whole response, or with latencies its pieces and when each is due."""
         _Stats.requests += 1
         if not self.counted:
             self.counted = True
@@ -221,7 +262,12 @@ class _Protocol(asyncio.Protocol):
             usage = isinstance(options, dict) and options.get("include_usage") is True
         except (ValueError, AttributeError, TypeError):
             return _plain(b"400 Bad Request", b'{"error": "bad json"}')
-        return response(n, model, _prompt_tokens(request.get("messages")) if usage else None)
+        whole, pieces = parts(n, model, _prompt_tokens(request.get("messages")) if usage else None)
+        latency = _Stats.latency
+        if not latency.active or n < 1:
+            return whole
+        arrived = self.arrived
+        return pieces, [arrived + t for t in latency.schedule(n, _Stats.rng)]
 
 
 async def serve(port: int) -> None:
@@ -238,12 +284,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--tokens", type=int, default=16, help="chunks without max_tokens")
+    parser.add_argument("--ttft", type=float, default=0.0, help="seconds to the first chunk")
+    parser.add_argument("--itl", type=float, default=0.0, help="seconds between chunks")
+    parser.add_argument("--jitter", type=float, default=0.0, help="vary each by this fraction")
     args = parser.parse_args()
     _Stats.default_tokens = args.tokens
+    _Stats.latency = Latency(args.ttft, args.itl, args.jitter)
     try:
-        asyncio.run(serve(args.port))
+        if _Stats.latency.active:
+            _keep_time()
+            loop = asyncio.SelectorEventLoop(selectors.SelectSelector())
+            try:
+                loop.run_until_complete(serve(args.port))
+            finally:
+                loop.close()
+        else:
+            asyncio.run(serve(args.port))
     except KeyboardInterrupt:
         sys.exit(0)
+
+
+def _keep_time() -> None:
+    """For known latencies, wake as close to each deadline as the machine lets: epoll
+    waits whole milliseconds (rounded up, so a timer is 0-1 ms late, 0.5 on average, and
+    gaps between chunks spread by +-1 ms), ``select`` waits microseconds; and a higher
+    scheduling priority where allowed, so a busy core delays the truth less (the server
+    needs little CPU; without the permission it runs as it is)."""
+    with contextlib.suppress(OSError):
+        os.nice(-10)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,8 @@ def accuracy(quick: bool, pin: bool, server_kind: str = "benchmark") -> dict[str
     try:
         for concurrency, requests in ((1, 6 if quick else 30), (16, 32 if quick else 128),
                                       (64, 64 if quick else 256)):  # fmt: skip
+            if isinstance(server, BenchmarkServer):
+                server.stats(reset=True)
             result = ylokh.bench.run(
                 server.base_url, concurrency=concurrency, requests=requests, warmup=4,
                 max_tokens=TOKENS, calibrate=False, progress=False,
@@ -137,6 +139,8 @@ def accuracy(quick: bool, pin: bool, server_kind: str = "benchmark") -> dict[str
                 for stat in ("p50", "p99"):
                     row[f"{key}_{stat}"] = doc[key][stat]
                     row[f"{key}_{stat}_error"] = _error(doc[key][stat], truth)
+            if isinstance(server, BenchmarkServer):  # how late the truth itself was
+                row["server_late_ms"] = server.stats(reset=True).get("late_ms")
             row["raw aiohttp"] = asyncio.run(_raw_latencies(server.base_url, concurrency, requests))
             row["client_bound"] = doc["client_bound"]
             row["lag_p99_ms"] = result.levels[0].lag_p99 * 1000
@@ -280,9 +284,24 @@ class BenchmarkServer:
         self.root = f"http://127.0.0.1:{int(line.split()[1])}"
         self.base_url = self.root + "/v1"
 
+    def stats(self, reset: bool = False) -> dict[str, Any]:
+        """The server's ``/stats`` (``late_ms``: how late it wrote its paced chunks)."""
+        import http.client
+        import json
+
+        conn = http.client.HTTPConnection(self.root.removeprefix("http://"), timeout=10)
+        try:
+            conn.request("GET", "/stats?reset" if reset else "/stats")
+            stats: dict[str, Any] = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        return stats
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 # One measured run of one tool: output tokens/s, requests/s, the in-flight concurrency it
@@ -299,10 +318,12 @@ async def _hand_loop(base_url: str, concurrency: int, requests: int, chunks: int
     """The hand-written aiohttp loop (``contenders.raw_aiohttp``, parsing every event),
     ``concurrency`` workers, after one warm-up call per worker (connections open)."""
     from .contenders import raw_aiohttp
+    from .server import expected_text
 
     contender = raw_aiohttp(base_url)
     count = itertools.count()
     latencies: list[float] = []
+    expected = expected_text(chunks)
     got = [0]
 
     async def worker(measure: bool) -> None:
@@ -311,7 +332,7 @@ async def _hand_loop(base_url: str, concurrency: int, requests: int, chunks: int
             text = await contender.consume(chunks)
             if measure:
                 latencies.append(time.perf_counter() - t0)
-                got[0] += chunks if text else 0
+                got[0] += chunks if text == expected else 0  # the whole answer, or nothing
 
     try:
         count = itertools.count(requests - concurrency)  # one warm-up call per worker
@@ -518,6 +539,9 @@ def _accuracy_lines(acc: dict[str, Any]) -> list[str]:
             cells.append(f"{row[key] * 1000:7.1f}  {row[key + '_error']:+6.1%}")
         verdict = "yes" if row["ok_p50"] and row["ok_p99"] else "NO"
         bound = " (client-bound)" if row["client_bound"] else ""
+        late = row.get("server_late_ms")
+        if late:
+            bound += f" (server wrote late by p50 {late['p50']:.2f}, p99 {late['p99']:.2f} ms)"
         lines.append("  ".join(cells) + f"  {verdict}{bound}")
         raw = row.get("raw aiohttp")
         if raw:

@@ -10,7 +10,9 @@ carries ``usage`` (``choices: []``, as OpenAI sends it), so every client counts 
 output tokens (one per chunk) without a tokenizer. The whole response is encoded once per
 (chunks, model, usage, prompt size) and cached, so the server costs one ``write`` per
 request. ``GET /v1/models`` lists the model; ``GET /stats`` answers ``{"connections": ...,
-"requests": ...}`` (connections that sent a POST); a ``HEAD`` gets the head alone.
+"requests": ...}`` (connections that sent a POST) and, with latencies, ``"late_ms"`` (how late
+its paced chunks were written: p50, p99, max; ``/stats?reset`` starts them anew); a
+``HEAD`` gets the head alone.
 
 With ``--ttft``/``--itl`` (``--jitter``) it plays answers at known latencies, the truth the
 bench's accuracy is checked against: content chunk ``k`` is written at ``arrived + ttft +
@@ -128,6 +130,7 @@ class _Stats:
     default_tokens = 16  # chunks of an answer whose request names no max_tokens
     latency = Latency()  # known latencies (--ttft, --itl, --jitter); none by default
     rng = random.Random(0)  # their jitter: varied, but the same run to run
+    late: list[float] = []  # how late each paced chunk was written (GET /stats reports it)
 
 
 _cache: dict[tuple[int, str, int | None], tuple[bytes, list[bytes]]] = {}
@@ -235,10 +238,20 @@ class _Protocol(asyncio.Protocol):
                 self.transport.write(found)
             else:
                 pieces, at = found
-                self.player = Pacer(self.transport, pieces, at)
+                self.player = Pacer(self.transport, pieces, at, _Stats.late)
             return
         if path.startswith("/stats"):
-            stats = {"connections": _Stats.connections, "requests": _Stats.requests}
+            stats: dict[str, Any] = {"connections": _Stats.connections, "requests": _Stats.requests}
+            late = sorted(_Stats.late)
+            if late:
+                stats["late_ms"] = {
+                    "chunks": len(late),
+                    "p50": 1000 * late[len(late) // 2],
+                    "p99": 1000 * late[min(len(late) - 1, int(0.99 * len(late)))],
+                    "max": 1000 * late[-1],
+                }
+            if path.endswith("reset"):
+                _Stats.late.clear()
             answer = _plain(b"200 OK", json.dumps(stats).encode())
         elif path.endswith("/models"):
             model = {"id": MODEL, "object": "model", "created": 0, "owned_by": "benchmarks"}

@@ -293,8 +293,11 @@ def test_pacer_writes_each_piece_at_its_absolute_time() -> None:
         transport = Transport()
         start = loop.time()
         pieces = [b"head"] + [b"%d" % k for k in range(len(offsets))]
-        pacer = Pacer(transport, pieces, [start + t for t in offsets])  # type: ignore[arg-type]
+        late: list[float] = []
+        pacer = Pacer(transport, pieces, [start + t for t in offsets], late)  # type: ignore[arg-type]
         await asyncio.sleep(wait)
+        if pacer.done:
+            assert len(late) == len(offsets) and min(late) >= 0  # how late each piece was
         return start, transport, pacer
 
     start, transport, pacer = asyncio.run(play([0.05, 0.07, 0.09], 0.2))

@@ -72,13 +72,18 @@ class Pacer:
     piece after the first (for an answer: the head and role chunk first, then each content
     chunk at ``arrived + due[k]`` with ``due`` from :meth:`Latency.schedule` and
     ``arrived`` when the request's first bytes were read). Call :meth:`cancel` when the
-    connection is lost; ``done`` tells the last piece was written.
+    connection is lost; ``done`` tells the last piece was written. ``late``, when given,
+    gets how late each timed piece was written (seconds; what the truth missed by).
     """
 
-    __slots__ = ("_at", "_handle", "_index", "_loop", "_pieces", "_transport", "done")
+    __slots__ = ("_at", "_handle", "_index", "_late", "_loop", "_pieces", "_transport", "done")
 
     def __init__(
-        self, transport: asyncio.WriteTransport, pieces: Sequence[bytes], at: Sequence[float]
+        self,
+        transport: asyncio.WriteTransport,
+        pieces: Sequence[bytes],
+        at: Sequence[float],
+        late: list[float] | None = None,
     ) -> None:
         if len(pieces) != len(at) + 1:
             raise ValueError(f"{len(pieces)} pieces need {len(pieces) - 1} times, got {len(at)}")
@@ -87,6 +92,7 @@ class Pacer:
         self._pieces = pieces
         self._at = at
         self._index = 0
+        self._late = late
         self._handle: asyncio.TimerHandle | None = None
         self.done = not at
         transport.write(pieces[0])
@@ -101,6 +107,8 @@ class Pacer:
         self._index = end
         if not self._transport.is_closing():
             self._transport.write(b"".join(self._pieces[k + 1 : end + 1]))
+            if self._late is not None:
+                self._late.extend(now - at[i] for i in range(k, end))
         if end < len(at):
             self._handle = self._loop.call_at(at[end], self._step)
         else:

@@ -269,3 +269,107 @@ def test_run_works_inside_a_running_loop(server: Server) -> None:
 
     result = asyncio.run(notebook_cell())
     assert result.levels[0].ok == 2
+
+
+def test_pacer_writes_each_piece_at_its_absolute_time() -> None:
+    """The truth of the accuracy scenario: piece ``k + 1`` at ``at[k]``, never before, one
+    write per wake-up (what was overdue goes out together), nothing after ``cancel``."""
+    import asyncio
+
+    from ylokh.testing._latency import Pacer
+
+    class Transport:
+        def __init__(self) -> None:
+            self.writes: list[tuple[float, bytes]] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append((asyncio.get_running_loop().time(), data))
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def play(offsets: list[float], wait: float) -> tuple[float, Transport, Pacer]:
+        loop = asyncio.get_running_loop()
+        transport = Transport()
+        start = loop.time()
+        pieces = [b"head"] + [b"%d" % k for k in range(len(offsets))]
+        late: list[float] = []
+        pacer = Pacer(transport, pieces, [start + t for t in offsets], late)  # type: ignore[arg-type]
+        await asyncio.sleep(wait)
+        if pacer.done:
+            assert len(late) == len(offsets) and min(late) >= 0  # how late each piece was
+        return start, transport, pacer
+
+    start, transport, pacer = asyncio.run(play([0.05, 0.07, 0.09], 0.2))
+    assert pacer.done
+    assert transport.writes[0][1] == b"head" and transport.writes[0][0] - start < 0.01
+    assert [data for _, data in transport.writes[1:]] == [b"0", b"1", b"2"]
+    for (t, _), due in zip(transport.writes[1:], [0.05, 0.07, 0.09], strict=True):
+        assert due <= t - start < due + 0.05  # absolute deadlines: never early
+    _, transport, _ = asyncio.run(play([-0.02, -0.01, 0.0], 0.05))  # all overdue at once
+    assert [data for _, data in transport.writes] == [b"head", b"012"]
+
+    async def cancelled() -> Transport:
+        _, transport, pacer = await play([0.05, 0.5], 0.1)
+        pacer.cancel()
+        await asyncio.sleep(0.5)
+        assert not pacer.done
+        return transport
+
+    assert [data for _, data in asyncio.run(cancelled()).writes] == [b"head", b"0"]
+    with pytest.raises(ValueError):
+        Pacer(Transport(), [b"a"], [1.0])  # type: ignore[arg-type]
+
+
+def test_the_benchmark_server_plays_the_truth_and_speaks_to_other_tools() -> None:
+    """``benchmarks.server``: answers of ``--tokens`` chunks when the request names no
+    ``max_tokens`` (AIPerf and guidellm send none), usage in a last chunk when asked, the
+    request's model, ``/v1/models``, a bodiless ``HEAD``; with ``--ttft``/``--itl`` the
+    latencies the bench then measures."""
+    import http.client
+    import os
+
+    cmd = [sys.executable, "-m", "benchmarks.server", "--tokens", "8", "--ttft", "0.1",
+           "--itl", "0.02"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        body = {"model": "m-1", "messages": [{"role": "user", "content": "a b c"}],
+                "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+        conn.request("POST", "/v1/chat/completions", json.dumps(body))
+        events = [
+            json.loads(line[6:])
+            for line in conn.getresponse().read().decode().splitlines()
+            if line.startswith("data: {")
+        ]
+        assert {e["model"] for e in events} == {"m-1"}
+        assert (
+            sum(1 for e in events if e["choices"] and e["choices"][0]["delta"].get("content")) == 8
+        )
+        assert events[-1]["choices"] == []
+        assert events[-1]["usage"] == {
+            "prompt_tokens": 3,
+            "completion_tokens": 8,
+            "total_tokens": 11,
+        }
+        conn.request("GET", "/v1/models")
+        assert json.loads(conn.getresponse().read())["data"][0]["id"]
+        conn.request("HEAD", "/metrics")
+        head = conn.getresponse()
+        assert head.status == 404 and head.read() == b""
+        conn.close()
+        result = bench.run(f"http://127.0.0.1:{port}/v1", concurrency=2, requests=4,
+                           max_tokens=5, calibrate=False)  # fmt: skip
+        level = result.to_dict()["levels"][0]
+        assert level["ok"] == 4 and not level["tokens_estimated"]
+        assert level["output_token_rate"] == pytest.approx(5 * level["request_rate"])
+        assert 0.1 <= level["ttft_s"]["p50"] < 0.15  # generous: a busy test machine
+        assert 0.018 <= level["itl_s"]["p50"] < 0.03
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -130,9 +130,23 @@ class Stats:
 
     @property
     def inter_token_latencies(self) -> list[float]:
-        """The gaps between consecutive text deltas, in seconds."""
-        times = self.token_times
-        return [b - a for a, b in itertools.pairwise(times)]
+        """The gaps between consecutive text deltas, in seconds (the differences of
+        :attr:`token_times`; deltas of one read are ``0.0`` apart). Built per read, not per
+        delta: a read of ``n`` deltas adds its gap and ``n - 1`` shared zeros."""
+        start = self._start
+        if start is None:
+            return []
+        gaps: list[float] = []
+        last: float | None = None
+        for t, n in self.reads:
+            if n:
+                at = t - start
+                if last is not None:
+                    gaps.append(at - last)
+                if n > 1:
+                    gaps.extend(itertools.repeat(0.0, n - 1))
+                last = at
+        return gaps
 
     @property
     def output_tokens(self) -> int | None:

@@ -66,7 +66,10 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     closest ranks (numpy's default); ``None`` for no values."""
     if not values:
         return None
-    ordered = sorted(values)
+    return _ranked(sorted(values), q)
+
+
+def _ranked(ordered: Sequence[float], q: float) -> float:
     rank = (len(ordered) - 1) * q / 100
     low = math.floor(rank)
     high = min(low + 1, len(ordered) - 1)
@@ -77,11 +80,12 @@ def summarize(values: Sequence[float]) -> dict[str, float | None]:
     """``{"mean", "p50", "p90", "p99"}`` of ``values`` (``None`` each when empty)."""
     if not values:
         return dict.fromkeys(_STATS)
+    ordered = sorted(values)  # once for the three percentiles
     return {
         "mean": math.fsum(values) / len(values),
-        "p50": percentile(values, 50),
-        "p90": percentile(values, 90),
-        "p99": percentile(values, 99),
+        "p50": _ranked(ordered, 50),
+        "p90": _ranked(ordered, 90),
+        "p99": _ranked(ordered, 99),
     }
 
 

@@ -4,15 +4,24 @@ Strategy: a streamed answer with latencies is played against absolute times meas
 the arrival of the request (chunk ``k`` is due at ``ttft + k * itl``, each term jittered),
 not as a chain of relative pauses, so the server's own write time and a late event loop do
 not add up over an answer. A benchmark can then check what it measures against the truth.
+
+:class:`Pacer` plays such a schedule on an asyncio transport as tightly as an event loop
+can: each piece is written by one ``transport.write`` from a timer callback at its
+absolute loop time (no coroutine, no ``drain``, no await between the clock and the
+socket; asyncio sets ``TCP_NODELAY``, so no Nagle delay), and what is overdue when it
+wakes goes out in that one write. What remains is the loop's timer granularity (epoll
+waits whole milliseconds, rounded up: a wake-up is 0-1 ms late) and the machine's.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Latency", "add_latency_flags", "llama_timings"]
+__all__ = ["Latency", "Pacer", "add_latency_flags", "llama_timings"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,63 @@ class Latency:
             times.append(t)
             t += vary(self.itl)
         return times
+
+
+class Pacer:
+    """Write ``pieces[0]`` now and ``pieces[k + 1]`` at loop time ``at[k]`` on ``transport``.
+
+    ``at`` are absolute :meth:`asyncio.AbstractEventLoop.time` values, ascending, one per
+    piece after the first (for an answer: the head and role chunk first, then each content
+    chunk at ``arrived + due[k]`` with ``due`` from :meth:`Latency.schedule` and
+    ``arrived`` when the request's first bytes were read). Call :meth:`cancel` when the
+    connection is lost; ``done`` tells the last piece was written. ``late``, when given,
+    gets how late each timed piece was written (seconds; what the truth missed by).
+    """
+
+    __slots__ = ("_at", "_handle", "_index", "_late", "_loop", "_pieces", "_transport", "done")
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        pieces: Sequence[bytes],
+        at: Sequence[float],
+        late: list[float] | None = None,
+    ) -> None:
+        if len(pieces) != len(at) + 1:
+            raise ValueError(f"{len(pieces)} pieces need {len(pieces) - 1} times, got {len(at)}")
+        self._loop = asyncio.get_running_loop()
+        self._transport = transport
+        self._pieces = pieces
+        self._at = at
+        self._index = 0
+        self._late = late
+        self._handle: asyncio.TimerHandle | None = None
+        self.done = not at
+        transport.write(pieces[0])
+        if at:
+            self._handle = self._loop.call_at(at[0], self._step)
+
+    def _step(self) -> None:
+        now, at, k = self._loop.time(), self._at, self._index
+        end = k + 1
+        while end < len(at) and at[end] <= now:
+            end += 1  # overdue too: in the same write
+        self._index = end
+        if not self._transport.is_closing():
+            self._transport.write(b"".join(self._pieces[k + 1 : end + 1]))
+            if self._late is not None:
+                self._late.extend(now - at[i] for i in range(k, end))
+        if end < len(at):
+            self._handle = self._loop.call_at(at[end], self._step)
+        else:
+            self._handle = None
+            self.done = True
+
+    def cancel(self) -> None:
+        """Write nothing more (the connection is gone)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def llama_timings(prompt_tokens: int, tokens: int, latency: Latency) -> dict[str, float | int]:

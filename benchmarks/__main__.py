@@ -60,7 +60,7 @@ from typing import Any  # noqa: E402
 
 from . import core  # noqa: E402
 from .contenders import BUILDERS, Contender  # noqa: E402
-from .server import expected_text  # noqa: E402
+from .server import expected_text, spawn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -77,17 +77,7 @@ class ServerProcess:
     """The benchmark server in its own process, pinned to core 1 when possible."""
 
     def __init__(self, pin: bool) -> None:
-        cmd = [sys.executable, "-m", "benchmarks.server"]
-        if pin:
-            cmd = ["taskset", "-c", "1", *cmd]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("PORT "):
-            self.proc.kill()
-            raise SystemExit(f"the benchmark server did not start: {line!r}")
-        self.port = int(line.split()[1])
+        self.proc, self.port = spawn((), pin=pin)
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
 
     def stats(self) -> dict[str, int]:

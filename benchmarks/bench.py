@@ -271,17 +271,10 @@ class BenchmarkServer:
     name no ``max_tokens`` (AIPerf and guidellm send none)."""
 
     def __init__(self, tokens: int, *, pin: bool, flags: Sequence[str] = ()) -> None:
-        cmd = [sys.executable, "-m", "benchmarks.server", "--tokens", str(tokens), *flags]
-        if pin:
-            cmd = ["taskset", "-c", "1", *cmd]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("PORT "):
-            self.proc.kill()
-            raise SystemExit(f"the benchmark server did not start: {line!r}")
-        self.root = f"http://127.0.0.1:{int(line.split()[1])}"
+        from .server import spawn
+
+        self.proc, port = spawn(("--tokens", str(tokens), *flags), pin=pin)
+        self.root = f"http://127.0.0.1:{port}"
         self.base_url = self.root + "/v1"
 
     def stats(self, reset: bool = False) -> dict[str, Any]:

@@ -33,7 +33,10 @@ import json
 import os
 import random
 import selectors
+import subprocess
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tests.recordings import STREAMS
@@ -291,6 +294,22 @@ async def serve(port: int) -> None:
     print(f"PORT {sockets[0].getsockname()[1]}", flush=True)
     async with server:
         await server.serve_forever()
+
+
+def spawn(flags: Sequence[str], *, pin: bool) -> tuple[subprocess.Popen[str], int]:
+    """This server in a process of its own (on core 1 when ``pin``), and its port."""
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "benchmarks.server", *flags]
+    if pin:
+        cmd = ["taskset", "-c", "1", *cmd]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=root, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("PORT "):
+        proc.kill()
+        raise SystemExit(f"the benchmark server did not start: {line!r}")
+    return proc, int(line.split()[1])
 
 
 def main() -> None:

@@ -216,6 +216,7 @@ class _Exchange:
     state: _State
     rec: RecordedRequest
     fault: Fault
+    arrived: float = 0.0  # the loop time the request reached its handler (0: unknown)
 
     def client_gone(self) -> bool:
         transport = self.request.transport
@@ -260,7 +261,7 @@ async def _play(
 ) -> web.StreamResponse:
     """Apply the connection-level faults to ops and write them; return the response to finish."""
     fault = ex.fault
-    arrived = asyncio.get_running_loop().time()
+    arrived = ex.arrived or asyncio.get_running_loop().time()
     # Returned when the connection is already gone: aiohttp's own writes then fail quietly.
     dead = web.Response()
     if fault.reset:
@@ -666,7 +667,9 @@ def _select_fault(request: web.Request, payload: Any, state: _State) -> Fault:
     return scripted if scripted is not None else state.options.fault
 
 
-async def _begin(request: web.Request, payload: Any) -> tuple[_Exchange, web.StreamResponse | None]:
+async def _begin(
+    request: web.Request, payload: Any, arrived: float = 0.0
+) -> tuple[_Exchange, web.StreamResponse | None]:
     """Record the request, check the API key and pick the fault; maybe answer right away."""
     state = request.app[STATE]
     rec = RecordedRequest(
@@ -676,7 +679,7 @@ async def _begin(request: web.Request, payload: Any) -> tuple[_Exchange, web.Str
         json=payload,
     )
     state.record(rec)
-    ex = _Exchange(request, state, rec, Fault())
+    ex = _Exchange(request, state, rec, Fault(), arrived)
     api_key = state.options.api_key
     if api_key is not None and request.headers.get("Authorization") != f"Bearer {api_key}":
         message = "Incorrect API key provided."
@@ -703,6 +706,9 @@ def _halve(body: bytes) -> bytes:
 
 
 async def _chat(request: web.Request) -> web.StreamResponse:
+    # Known latencies count from here, before reading and parsing the request, which a
+    # real server's time to first token includes too (and which is slow under load).
+    arrived = asyncio.get_running_loop().time()
     raw = await request.read()
     payload: Any = None
     bad_json: str | None = None
@@ -711,7 +717,7 @@ async def _chat(request: web.Request) -> web.StreamResponse:
             payload = json.loads(raw)
         except ValueError as exc:
             bad_json = f"The request body is not valid JSON: {exc}"
-    ex, done = await _begin(request, payload)
+    ex, done = await _begin(request, payload, arrived)
     if done is not None:
         return done
     if bad_json is not None or not isinstance(payload, dict):

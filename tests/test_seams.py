@@ -919,6 +919,20 @@ def test_the_same_bytes_give_the_same_outcome(
     assert len(raw.requests) == 1, [r.connection for r in raw.requests]
 
 
+def test_an_error_status_in_a_coding_not_asked_for_stays_a_status_error(
+    face: Any, raw: RawServer
+) -> None:
+    """A 503 is retried as a 503 whatever its body's coding; only an answer's body must
+    be decodable."""
+    busy = response(b"busy", 503, content_type="text/plain", extra=[("Content-Encoding", "br")])
+    raw.scripts = [[busy]]
+    client = face.client(base_url=raw.base_url, max_retries=1)
+    face.record_sleeps(client)
+    out = face.stream("hi", client=client)
+    assert isinstance(out.error, ServerError) and out.error.status_code == 503, repr(out.error)
+    assert len(raw.requests) == 2
+
+
 def test_both_faces_ask_for_the_codings_the_core_decodes(face: Any, raw: RawServer) -> None:
     """One Accept-Encoding on both faces (the libraries would each send their own), and a
     caller's own header replaces it, whatever its case."""

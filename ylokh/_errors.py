@@ -386,7 +386,6 @@ class Failure(enum.Enum):
     RESET = "reset"
     TLS = "tls"
     PROXY = "proxy"
-    DECODE = "decode"
     PROTOCOL = "protocol"
     REDIRECTS = "redirects"
     INVALID = "invalid"
@@ -416,10 +415,6 @@ _FAILURES: dict[Failure, tuple[type[YlokhError], str]] = {
     ),
     Failure.TLS: (APIConnectionError, "TLS verification or handshake with {url} failed: {detail}"),
     Failure.PROXY: (APIConnectionError, "the proxy {proxy} failed for {url}: {detail}"),
-    Failure.DECODE: (
-        ProtocolError,
-        "the server at {url} sent a body that cannot be decoded: {detail}",
-    ),
     Failure.PROTOCOL: (ProtocolError, "the server at {url} sent an invalid HTTP answer: {detail}"),
     Failure.REDIRECTS: (ProtocolError, "too many redirects from {url}"),
     Failure.INVALID: (InvalidRequestError, "invalid URL or proxy for {url}: {detail}"),

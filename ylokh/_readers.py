@@ -268,5 +268,11 @@ def reader_for(
         codings = [c.strip().lower() for c in coding.split(",")]
         codings = [c for c in codings if c and c != "identity"]
         if codings:
-            return DecodingReader(reader, codings)
+            try:
+                return DecodingReader(reader, codings)
+            except ProtocolError:
+                if not isinstance(reader, ErrorReader):
+                    raise
+                # an error status stays one (its class, its retry) even in a coding we
+                # do not decode: its body is quoted as sent
     return reader

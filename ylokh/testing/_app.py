@@ -26,7 +26,7 @@ from aiohttp import HttpVersion11, web
 
 from .._compat import close_delimited
 from ._fault import Fault
-from ._latency import Latency, llama_timings
+from ._latency import Latency, Pacer, llama_timings
 
 __all__ = ["FAULT_FIELD", "FAULT_HEADER", "RecordedRequest", "make_app"]
 
@@ -47,6 +47,7 @@ IN_STREAM_ERROR = {
 }
 # Disconnects and server shutdown are noticed by polling this often while waiting.
 POLL_SECONDS = 0.02
+STOP_POLL_SECONDS = 0.1  # how often a paced answer looks whether the server stops
 # Long enough between the two halves of a split write for the client to see two reads.
 SPLIT_PAUSE = 0.005
 # Before an RST, give the kernel a moment to hand the already-written bytes to the client.
@@ -318,6 +319,11 @@ async def _play(
     try:
         writer = await resp.prepare(ex.request)
         assert writer is not None
+        paced = _paced(ops) if framing == "chunked" else None
+        if paced is not None:
+            if not await _pace(ex, resp, arrived, *paced):
+                return resp
+            ops = []
         for op in ops:
             if isinstance(op, bytes):
                 if op:
@@ -349,6 +355,53 @@ async def _play(
         ex.rec.completed = False
         ex.rec.disconnected.set()
     return resp
+
+
+def _paced(ops: list[_Op]) -> tuple[bytes, list[bytes], list[float]] | None:
+    """A streamed answer whose only waits are known latencies, as what :func:`_pace` plays:
+    the bytes before the first due time, then each due time's bytes in chunked framing.
+    ``None`` for anything else (pauses, resets, closes: played op by op)."""
+    first: list[bytes] = []
+    pieces: list[bytes] = []
+    due: list[float] = []
+    for op in ops:
+        if isinstance(op, bytes):
+            if not due:
+                first.append(op)
+            elif op:
+                pieces[-1] += b"%x\r\n%b\r\n" % (len(op), op)
+        elif isinstance(op, _At):
+            due.append(op.seconds)
+            pieces.append(b"")
+        else:
+            return None
+    head = b"".join(first)
+    return (head, pieces, due) if due and head else None
+
+
+async def _pace(
+    ex: _Exchange, resp: web.StreamResponse, arrived: float, head: bytes,
+    pieces: list[bytes], due: list[float],
+) -> bool:  # fmt: skip
+    """Play a timed answer by :class:`Pacer`: each chunk one transport write from a timer
+    at its absolute due time, no coroutine between the clock and the socket (a write and a
+    drain per chunk would make the 64th of 64 answers due at once a few ms late). The
+    head goes through aiohttp, which sends the response head with it. False: the client
+    went away."""
+    await resp.write(head)
+    transport = ex.request.transport
+    if transport is None or transport.is_closing():
+        ex.rec.disconnected.set()
+        return False
+    pacer = Pacer(transport, [b"", *pieces], [arrived + t for t in due])
+    try:
+        while not pacer.finished.done() and not ex.state.stopping:
+            await asyncio.wait((pacer.finished,), timeout=STOP_POLL_SECONDS)
+    finally:
+        pacer.cancel()
+    if not pacer.done:
+        ex.rec.disconnected.set()
+    return pacer.done
 
 
 # --- Bodies ------------------------------------------------------------------------------------

@@ -72,11 +72,14 @@ class Pacer:
     piece after the first (for an answer: the head and role chunk first, then each content
     chunk at ``arrived + due[k]`` with ``due`` from :meth:`Latency.schedule` and
     ``arrived`` when the request's first bytes were read). Call :meth:`cancel` when the
-    connection is lost; ``done`` tells the last piece was written. ``late``, when given,
-    gets how late each timed piece was written (seconds; what the truth missed by).
+    connection is lost; ``done`` tells the last piece was written, and the future
+    ``finished`` resolves then, on :meth:`cancel` or when the transport closed. ``late``,
+    when given, gets how late each timed piece was written (what the truth missed by).
     """
 
-    __slots__ = ("_at", "_handle", "_index", "_late", "_loop", "_pieces", "_transport", "done")
+    __slots__ = (
+        "_at", "_handle", "_index", "_late", "_loop", "_pieces", "_transport", "done", "finished",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -94,32 +97,42 @@ class Pacer:
         self._index = 0
         self._late = late
         self._handle: asyncio.TimerHandle | None = None
-        self.done = not at
+        self.done = False
+        self.finished: asyncio.Future[None] = self._loop.create_future()
         transport.write(pieces[0])
         if at:
             self._handle = self._loop.call_at(at[0], self._step)
+        else:
+            self._finish(True)
+
+    def _finish(self, done: bool) -> None:
+        self._handle = None
+        self.done = done
+        if not self.finished.done():
+            self.finished.set_result(None)
 
     def _step(self) -> None:
         now, at, k = self._loop.time(), self._at, self._index
+        if self._transport.is_closing():
+            self._finish(False)  # the client went away: nothing more to write
+            return
         end = k + 1
         while end < len(at) and at[end] <= now:
             end += 1  # overdue too: in the same write
         self._index = end
-        if not self._transport.is_closing():
-            self._transport.write(b"".join(self._pieces[k + 1 : end + 1]))
-            if self._late is not None:
-                self._late.extend(now - at[i] for i in range(k, end))
+        self._transport.write(b"".join(self._pieces[k + 1 : end + 1]))
+        if self._late is not None:
+            self._late.extend(now - at[i] for i in range(k, end))
         if end < len(at):
             self._handle = self._loop.call_at(at[end], self._step)
         else:
-            self._handle = None
-            self.done = True
+            self._finish(True)
 
     def cancel(self) -> None:
         """Write nothing more (the connection is gone)."""
         if self._handle is not None:
             self._handle.cancel()
-            self._handle = None
+        self._finish(self.done)
 
 
 def llama_timings(prompt_tokens: int, tokens: int, latency: Latency) -> dict[str, float | int]:

@@ -147,6 +147,38 @@ def test_levels_measure_known_latencies() -> None:
         assert level["ttft_s"]["p50"] <= level["ttft_s"]["p99"] <= level["e2e_s"]["p50"]
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_garbage_collector_is_paused_during_a_level_and_restored(enabled: bool) -> None:
+    """A collector pass over the process would pause every answer in flight (tens of ms
+    for a full one): a level runs without, and the caller's setting comes back after."""
+    import gc
+    import threading
+
+    seen: set[bool] = set()
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.002):
+            seen.add(gc.isenabled())
+
+    if not enabled:
+        gc.disable()
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        with Server(chunks=5, ttft=0.05, itl=0.02) as srv:
+            watcher.start()
+            result = bench.run(
+                srv.base_url, concurrency=2, requests=8, warmup=0, calibrate=False,
+                progress=False,
+            )  # fmt: skip
+        assert result.levels[0].ok == 8
+        assert gc.isenabled() is enabled
+        assert False in seen  # paused while the level ran
+    finally:
+        stop.set()
+        gc.enable()
+
+
 def test_errors_by_class_and_an_all_failed_level_exits_1(tmp_path: Path) -> None:
     with Server(fault="status=503") as srv:
         result = bench.run(srv.base_url, concurrency=2, requests=6, warmup=0, calibrate=False)

@@ -703,8 +703,9 @@ def test_recording(srv: Server) -> None:
     assert not rec.disconnected.is_set()
 
 
-def test_disconnect_during_slow_stream_is_noticed() -> None:
-    with Server(delay=0.1) as srv:
+@pytest.mark.parametrize("options", [{"delay": 0.1}, {"ttft": 0.05, "itl": 0.1}])
+def test_disconnect_during_slow_stream_is_noticed(options: dict[str, float]) -> None:
+    with Server(**options) as srv:  # type: ignore[arg-type]
         conn = http.client.HTTPConnection(srv.host, srv.port, timeout=5)
         conn.request("POST", CHAT, body=json.dumps(chat_payload("a b c d e f g h", stream=True)))
         resp = conn.getresponse()
@@ -814,3 +815,41 @@ def test_main_rejects_a_bad_fault(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_pytest_plugin_fixture(ylokh_server: Server) -> None:
     assert json.loads(request(ylokh_server, chat_payload())[2])["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("extra", [{}, {"stream_options": {"include_usage": True}}])
+def test_a_timed_answer_is_the_same_body_as_an_untimed_one(extra: dict[str, Any]) -> None:
+    """Known latencies (played chunk by chunk from timers) change when the bytes go out,
+    not what they are: the same events in valid chunked framing, each content chunk
+    arriving no earlier than it is due."""
+
+    def events(body: bytes) -> list[Any]:
+        out = []
+        for block in body.decode().split("\n\n"):
+            if block.startswith("data: ") and block != "data: [DONE]":
+                chunk = json.loads(block[6:])
+                del chunk["id"], chunk["created"]
+                out.append(chunk)
+        return out
+
+    payload = json.dumps(chat_payload("a b c d", stream=True, **extra))
+    with Server() as srv:
+        status, _, plain = request(srv, json.loads(payload))
+        assert status == 200
+    with Server(ttft=0.1, itl=0.03) as srv:
+        conn = http.client.HTTPConnection(srv.host, srv.port, timeout=5)
+        start = time.monotonic()
+        conn.request("POST", CHAT, body=payload)
+        resp = conn.getresponse()
+        assert resp.getheader("Transfer-Encoding") == "chunked"
+        timed, arrivals = b"", []
+        while data := resp.read1(65536):
+            timed += data
+            arrivals += [time.monotonic() - start] * data.count(b'"content"')
+        conn.close()
+    assert events(timed) == events(plain)
+    assert timed.endswith(b"data: [DONE]\n\n")
+    due = [0.1 + k * 0.03 for k in range(4)]
+    content = arrivals[-4:]  # the role chunk carries no content key; these are the words
+    assert all(t >= d - 0.005 for t, d in zip(content, due, strict=True))
+    assert content[-1] < 2.0  # no lost timer: the answer ends

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import csv
 import datetime
+import gc
 import html
 import io
 import itertools
@@ -41,7 +43,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -669,6 +671,23 @@ async def _level(
     return samples, loop.time() - start, sorted(sends)
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection while a level runs: a full collection of a process holding
+    a few thousand samples takes 30 ms or more, which every answer in flight would show
+    as latency (one such pause moved TTFT p99 at concurrency 64 by 20%). ylokh's calls
+    leave no reference cycles, so little waits for the collection after the level."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+        gc.collect()
+
+
 async def _progress_task(progress: _Progress) -> None:
     while True:
         progress.show()
@@ -736,16 +755,17 @@ async def arun(
             bar.done = bar.failed = 0
             bar.started = time.monotonic()
             shower = asyncio.get_running_loop().create_task(_progress_task(bar)) if show else None
-            ticker.start()
-            try:
-                samples, spent, sends = await _level(
-                    call, mode, value, requests=requests, duration=duration, rng=rng,
-                    progress=bar,
-                )  # fmt: skip
-            finally:
-                lags = await ticker.stop()
-                if shower is not None:
-                    shower.cancel()
+            with _collector_paused():
+                ticker.start()
+                try:
+                    samples, spent, sends = await _level(
+                        call, mode, value, requests=requests, duration=duration, rng=rng,
+                        progress=bar,
+                    )  # fmt: skip
+                finally:
+                    lags = await ticker.stop()
+                    if shower is not None:
+                        shower.cancel()
             bar.show(final=True)
             level = Level(mode, value, samples, spent, sends, lags, slo_bounds, ceiling)
             result.levels.append(level)

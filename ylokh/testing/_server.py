@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, final
 
 from aiohttp import web
 
-from ._app import STATE, AppOptions, RecordedRequest, make_app
+from ._app import STATE, AppOptions, RecordedRequest, Stamping, make_app
 from ._fault import Fault
 
 if TYPE_CHECKING:  # typing.Unpack is 3.11+; annotations are never evaluated at run time
@@ -181,11 +181,11 @@ class Server:
         assert handler_factory is not None
         state = self._state
 
-        def accept() -> web.RequestHandler:
+        def accept() -> Stamping:
             # The loop calls the protocol factory once per accepted TCP connection.
             with state.lock:
                 state.connections += 1
-            return handler_factory()
+            return Stamping(handler_factory())
 
         try:
             server = await loop.create_server(accept, self._host, self._port, ssl=self._ssl)

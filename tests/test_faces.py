@@ -328,7 +328,9 @@ def test_a_finished_answer_leaves_no_reference_cycle(face: Face, server: Server)
     gc.disable()
     try:
         for _ in range(5):
-            out = face.stream("one two three", client=client, stream_options={"include_usage": True})
+            out = face.stream(
+                "one two three", client=client, stream_options={"include_usage": True}
+            )
             assert out.error is None and out.stream.stats.output_tokens == 3
             del out
         found = gc.collect()

@@ -140,7 +140,14 @@ def accuracy(quick: bool, pin: bool, server_kind: str = "benchmark") -> dict[str
                     row[f"{key}_{stat}"] = doc[key][stat]
                     row[f"{key}_{stat}_error"] = _error(doc[key][stat], truth)
             if isinstance(server, BenchmarkServer):  # how late the truth itself was
-                row["server_late_ms"] = server.stats(reset=True).get("late_ms")
+                played = server.stats(reset=True)  # (warm-up answers included: played alike)
+                row["server_late_ms"] = played.get("late_ms")
+                for key, name in (("ttft_s", "ttft_ms"), ("itl_s", "itl_ms")):
+                    for stat in ("p50", "p99"):
+                        real = played[name][stat] / 1000 if name in played else None
+                        row[f"{key}_{stat}_real"] = real
+                        if real:
+                            row[f"{key}_{stat}_vs_real"] = _error(doc[key][stat], real)
             row["raw aiohttp"] = asyncio.run(_raw_latencies(server.base_url, concurrency, requests))
             row["client_bound"] = doc["client_bound"]
             row["lag_p99_ms"] = result.levels[0].lag_p99 * 1000
@@ -536,10 +543,17 @@ def _accuracy_lines(acc: dict[str, Any]) -> list[str]:
         if late:
             bound += f" (server wrote late by p50 {late['p50']:.2f}, p99 {late['p99']:.2f} ms)"
         lines.append("  ".join(cells) + f"  {verdict}{bound}")
+        keys = ("ttft_s_p50", "ttft_s_p99", "itl_s_p50", "itl_s_p99")
+        if row.get("itl_s_p99_real"):
+            cells = ["  real"]
+            for key in keys:
+                cells.append(f"{row[key + '_real'] * 1000:7.1f}  {row[key + '_vs_real']:+6.1%}")
+            lines.append("  ".join(cells) + "  (what the server played, from its own write "
+                         "times; err: the bench's against it)")  # fmt: skip
         raw = row.get("raw aiohttp")
         if raw:
             cells = ["  raw "]
-            for key in ("ttft_s_p50", "ttft_s_p99", "itl_s_p50", "itl_s_p99"):
+            for key in keys:
                 cells.append(f"{raw[key] * 1000:7.1f}  {raw[key] / row[key] - 1:+6.1%}")
             lines.append("  ".join(cells) + "  (hand-written aiohttp loop; err vs the bench)")
     return lines

@@ -11,8 +11,9 @@ output tokens (one per chunk) without a tokenizer. The whole response is encoded
 (chunks, model, usage, prompt size) and cached, so the server costs one ``write`` per
 request. ``GET /v1/models`` lists the model; ``GET /stats`` answers ``{"connections": ...,
 "requests": ...}`` (connections that sent a POST) and, with latencies, ``"late_ms"`` (how late
-its paced chunks were written: p50, p99, max; ``/stats?reset`` starts them anew); a
-``HEAD`` gets the head alone.
+its paced chunks were written: p50, p99, max), ``"ttft_ms"`` and ``"itl_ms"`` (the latencies
+it really played, from its own write times: the truth a client's figures are held to);
+``/stats?reset`` starts them anew; a ``HEAD`` gets the head alone.
 
 With ``--ttft``/``--itl`` (``--jitter``) it plays answers at known latencies, the truth the
 bench's accuracy is checked against: content chunk ``k`` is written at ``arrived + ttft +
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -134,6 +136,17 @@ class _Stats:
     latency = Latency()  # known latencies (--ttft, --itl, --jitter); none by default
     rng = random.Random(0)  # their jitter: varied, but the same run to run
     late: list[float] = []  # how late each paced chunk was written (GET /stats reports it)
+    ttfts: list[float] = []  # what the server did: arrival to first content chunk written
+    gaps: list[float] = []  # and between the writes of consecutive content chunks
+
+    @classmethod
+    def played(cls, arrived: float, at: list[float], late: list[float]) -> None:
+        """An answer was played: keep how late, and the latencies it really had."""
+        cls.late += late
+        if len(late) == len(at):
+            written = [t + d for t, d in zip(at, late, strict=True)]
+            cls.ttfts.append(written[0] - arrived)
+            cls.gaps += [b - a for a, b in itertools.pairwise(written)]
 
 
 _cache: dict[tuple[int, str, int | None], tuple[bytes, list[bytes]]] = {}
@@ -241,20 +254,26 @@ class _Protocol(asyncio.Protocol):
                 self.transport.write(found)
             else:
                 pieces, at = found
-                self.player = Pacer(self.transport, pieces, at, _Stats.late)
+                late: list[float] = []
+                self.player = Pacer(self.transport, pieces, at, late)
+                arrived = self.arrived
+                self.player.finished.add_done_callback(lambda _: _Stats.played(arrived, at, late))
             return
         if path.startswith("/stats"):
             stats: dict[str, Any] = {"connections": _Stats.connections, "requests": _Stats.requests}
-            late = sorted(_Stats.late)
-            if late:
-                stats["late_ms"] = {
-                    "chunks": len(late),
-                    "p50": 1000 * late[len(late) // 2],
-                    "p99": 1000 * late[min(len(late) - 1, int(0.99 * len(late)))],
-                    "max": 1000 * late[-1],
-                }
+            for key, values in (("late_ms", _Stats.late), ("ttft_ms", _Stats.ttfts),
+                                ("itl_ms", _Stats.gaps)):  # fmt: skip
+                ranked = sorted(values)
+                if ranked:
+                    stats[key] = {
+                        "n": len(ranked),
+                        "p50": 1000 * ranked[len(ranked) // 2],
+                        "p99": 1000 * ranked[min(len(ranked) - 1, int(0.99 * len(ranked)))],
+                        "max": 1000 * ranked[-1],
+                    }
             if path.endswith("reset"):
-                _Stats.late.clear()
+                for values in (_Stats.late, _Stats.ttfts, _Stats.gaps):
+                    values.clear()
             answer = _plain(b"200 OK", json.dumps(stats).encode())
         elif path.endswith("/models"):
             model = {"id": MODEL, "object": "model", "created": 0, "owned_by": "benchmarks"}

@@ -113,8 +113,8 @@ def accuracy(quick: bool, pin: bool, server_kind: str = "benchmark") -> dict[str
     ``server_kind`` ``"benchmark"``: :mod:`benchmarks.server` with ``--ttft``/``--itl``
     (paced by :class:`ylokh.testing._latency.Pacer` from the arrival of the request's
     bytes: the truth the verdict is drawn against); ``"bundled"``: ``ylokh serve``'s
-    aiohttp server, what a user checks the bench with (a write and a drain per chunk,
-    times counted from its handler)."""
+    aiohttp server, what a user checks the bench with (paced by the same ``Pacer`` from
+    the arrival of the request's bytes, behind aiohttp's handler work per request)."""
     import ylokh.bench
 
     flags = ["--tokens", str(TOKENS), "--ttft", str(TTFT), "--itl", str(ITL)]

@@ -400,6 +400,15 @@ def test_the_benchmark_server_plays_the_truth_and_speaks_to_other_tools() -> Non
         assert level["output_token_rate"] == pytest.approx(5 * level["request_rate"])
         assert 0.1 <= level["ttft_s"]["p50"] < 0.15  # generous: a busy test machine
         assert 0.018 <= level["itl_s"]["p50"] < 0.03
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/stats?reset")
+        played = json.loads(conn.getresponse().read())  # what it really did, from its writes
+        conn.close()
+        assert played["ttft_ms"]["n"] == 1 + 4 + 2  # the request above, the level, warm-up
+        assert played["itl_ms"]["n"] == 7 + 6 * 4  # 7 gaps in 8 chunks, 4 in 5
+        assert 100 <= played["ttft_ms"]["p50"] <= played["ttft_ms"]["max"] < 1000
+        assert 18 <= played["itl_ms"]["p50"] < 30
+        assert played["late_ms"]["n"] == 8 + 6 * 5
     finally:
         proc.terminate()
         proc.wait(10)
